@@ -1,0 +1,165 @@
+-- config.lua: the environment turned into settings.
+--
+-- Every setting the engine reads is declared here once: its environment variable, its type and
+-- bounds, its default and what it means. `faultmaven check-config` prints the resolved values and
+-- docs/CONFIG.md is written from the same table. Settings that C holds from start (listen address,
+-- worker counts, limits) are read once; changing them needs a restart.
+
+local M = {}
+
+local engine_ok, engine = pcall(require, "fm.engine")
+local ncpu = engine_ok and engine.cpu_count() or 2
+
+-- kind: string | int | number | bool | enum | list
+M.specs = {
+  { env = "DEPLOYMENT_MODE", key = "deployment_mode", kind = "enum",
+    values = { "local", "docker", "kubernetes" }, default = "local",
+    doc = "local, docker or kubernetes: decides the default bind address and service URLs." },
+  { env = "FM_HOST", key = "host", kind = "string",
+    default = function(s) return s.deployment_mode == "local" and "127.0.0.1" or "0.0.0.0" end,
+    default_doc = "127.0.0.1 in local mode, 0.0.0.0 otherwise",
+    doc = "Address the HTTP server listens on." },
+  { env = "FM_PORT", key = "port", kind = "int", min = 0, max = 65535, default = 8090,
+    doc = "HTTP port (0 picks a free port; the log line \"listening\" names it)." },
+  { env = "FM_DATA_DIR", key = "data_dir", kind = "string", default = "./data",
+    doc = "Directory for the embedded database, uploads, indexes and temp files." },
+  { env = "FM_HOME", key = "home", kind = "string", default = ".",
+    default_doc = "the current directory if it has config.lua, else the install prefix",
+    doc = "Where config.lua, lua/, playbooks/ and kb/ are read from." },
+  { env = "FM_WORKERS", key = "workers", kind = "int", min = 1, max = 512,
+    default = function() return math.max(2, 2 * ncpu) end, default_doc = "2 x CPU cores",
+    doc = "Lua worker threads; each owns one Lua VM and runs one request at a time." },
+  { env = "FM_HTTP_IO_THREADS", key = "http_io_threads", kind = "int", min = 1, max = 64,
+    default = function() return math.min(math.max(ncpu, 1), 4) end,
+    default_doc = "CPU cores, at most 4",
+    doc = "libmicrohttpd I/O threads (epoll); they parse and stream, never run Lua." },
+  { env = "FM_SHUTDOWN_GRACE_S", key = "shutdown_grace_s", kind = "number", min = 0, max = 3600,
+    default = 30, doc = "On SIGTERM/SIGINT, seconds in-flight requests get to finish." },
+  { env = "LOG_LEVEL", key = "log_level", kind = "enum", lower = true,
+    values = { "debug", "info", "warn", "warning", "error", "off" }, default = "info",
+    doc = "Threshold of the JSON log on stderr (any case: INFO works)." },
+  { env = "FM_LUA_MEMORY_MB", key = "lua_memory_mb", kind = "int", min = 8, max = 65536,
+    default = 128, doc = "Memory cap of each worker's Lua VM; a request that exceeds it gets 503." },
+  { env = "FM_REQUEST_INSTRUCTION_LIMIT", key = "request_instruction_limit", kind = "int",
+    min = 0, max = 1e15, default = 200000000,
+    doc = "Lua VM instructions one request may run before it fails with 500 (0: no limit)." },
+  { env = "FM_MAX_BODY_BYTES", key = "max_body_bytes", kind = "int", min = 1024, max = 1 << 40,
+    default = 1048576, doc = "Largest request body on routes that set no limit of their own (413)." },
+  { env = "MAX_UPLOAD_SIZE_MB", key = "max_upload_size_mb", kind = "int", min = 1, max = 1 << 20,
+    default = 10, doc = "Largest uploaded file (evidence, knowledge documents)." },
+  { env = "FM_MAX_URL_BYTES", key = "max_url_bytes", kind = "int", min = 256, max = 1 << 20,
+    default = 8192, doc = "Longest request URL (414 above)." },
+  { env = "FM_MAX_HEADER_BYTES", key = "max_header_bytes", kind = "int", min = 1024,
+    max = 1 << 20, default = 32768, doc = "Largest total size of request headers (431 above)." },
+  { env = "FM_JSON_MAX_DEPTH", key = "json_max_depth", kind = "int", min = 1, max = 1000,
+    default = 64, doc = "Deepest nesting accepted in a JSON request body (400 above)." },
+  { env = "FM_HTTP_IDLE_TIMEOUT_S", key = "http_idle_timeout_s", kind = "int", min = 1,
+    max = 86400, default = 60, doc = "Idle keep-alive connections are closed after this." },
+  { env = "FM_HTTP_MAX_CONNECTIONS", key = "http_max_connections", kind = "int", min = 16,
+    max = 1000000, default = 4096, doc = "Concurrent connections accepted." },
+  { env = "FM_LUA_PATH", key = "lua_path", kind = "string", default = "",
+    doc = "Extra Lua search path templates (`/x/?.lua;...`), searched before FM_HOME/lua." },
+  { env = "FM_EXTRA_ROUTES", key = "extra_routes", kind = "list", default = {},
+    doc = "Comma-separated Lua modules, each a route module loaded after the built-in routes." },
+  { env = "CORS_ALLOW_ORIGINS", key = "cors_allow_origins", kind = "list",
+    default = { "http://localhost:3000", "http://localhost:5173" },
+    doc = "Origins allowed by CORS besides chrome-extension:// and moz-extension:// (`*`: any)." },
+  { env = "DASHBOARD_URL", key = "dashboard_url", kind = "string", default = "http://localhost:3333",
+    doc = "URL of the FaultMaven dashboard, announced in /v1/meta/capabilities." },
+}
+
+local function trim(s) return (s:gsub("^%s+", ""):gsub("%s+$", "")) end
+
+local function parse(spec, raw)
+  local kind = spec.kind
+  if kind == "string" then return raw end
+  if kind == "int" or kind == "number" then
+    local n = tonumber(trim(raw))
+    if not n or n ~= n then return nil, "expected a number" end
+    if kind == "int" then
+      if math.type(n) == "float" then
+        if n ~= math.floor(n) then return nil, "expected a whole number" end
+        n = math.tointeger(n)
+      end
+    end
+    if (spec.min and n < spec.min) or (spec.max and n > spec.max) then
+      return nil, string.format("expected %s to %s", spec.min, spec.max)
+    end
+    return n
+  end
+  if kind == "bool" then
+    local v = trim(raw):lower()
+    if v == "true" or v == "1" or v == "yes" or v == "on" then return true end
+    if v == "false" or v == "0" or v == "no" or v == "off" then return false end
+    return nil, "expected true or false"
+  end
+  if kind == "enum" then
+    local v = trim(raw)
+    if spec.lower then v = v:lower() end
+    for _, ok in ipairs(spec.values) do if v == ok then return v end end
+    return nil, "expected one of " .. table.concat(spec.values, ", ")
+  end
+  if kind == "list" then
+    local out = {}
+    for item in raw:gmatch("[^,]+") do
+      item = trim(item)
+      if item ~= "" then out[#out + 1] = item end
+    end
+    return out
+  end
+  error("config.lua: unknown kind " .. tostring(kind))
+end
+
+--- Resolves every setting from getenv (a function name -> string|nil).
+-- Returns settings, nil or nil, errors (a list of "NAME: message" strings).
+function M.resolve(getenv)
+  getenv = getenv or os.getenv
+  local s, errs, source = {}, {}, {}
+  for _, spec in ipairs(M.specs) do
+    local raw = getenv(spec.env)
+    if raw ~= nil and raw ~= "" then
+      local v, err = parse(spec, raw)
+      if v == nil then
+        errs[#errs + 1] = string.format("%s: %s, got '%s'", spec.env, err, raw)
+      else
+        s[spec.key] = v
+        source[spec.key] = "env"
+      end
+    end
+  end
+  for _, spec in ipairs(M.specs) do
+    if s[spec.key] == nil then
+      local d = spec.default
+      if type(d) == "function" then d = d(s) end
+      s[spec.key] = d
+      source[spec.key] = "default"
+    end
+  end
+  if s.log_level == "warning" then s.log_level = "warn" end
+  if #errs > 0 then return nil, errs end
+  return setmetatable(s, { __index = function(_, k)
+    error("unknown setting '" .. tostring(k) .. "'", 2)
+  end }), source
+end
+
+local function show(spec, v)
+  if spec.secret and v ~= nil and v ~= "" then return "********" end
+  if type(v) == "table" then return table.concat(v, ",") end
+  return tostring(v)
+end
+
+--- For `faultmaven check-config`: ok, report text.
+function M.check(getenv)
+  local s, extra = M.resolve(getenv)
+  if not s then
+    return false, "invalid configuration:\n  " .. table.concat(extra, "\n  ") .. "\n"
+  end
+  local lines = {}
+  for _, spec in ipairs(M.specs) do
+    lines[#lines + 1] = string.format("%-30s %-28s (%s)", spec.env, show(spec, rawget(s, spec.key)),
+      extra[spec.key])
+  end
+  return true, table.concat(lines, "\n") .. "\n"
+end
+
+return M

@@ -1,0 +1,529 @@
+#include "http.h"
+
+#include "log.h"
+#include "metrics.h"
+#include "util.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+enum { ST_NEW = 0, ST_BODY, ST_LOCAL, ST_DISPATCHED, ST_RESPOND };
+enum { PP_OK = 0, PP_MALFORMED, PP_TOO_MANY, PP_IO };
+
+#define MAX_PARTS 64
+
+static struct MHD_Daemon *g_daemon;
+static struct fm_http_config g_cfg;
+static fm_http_dispatch_fn g_dispatch;
+static void *g_dispatch_ud;
+static atomic_int g_inflight;
+static atomic_int g_ready;
+
+void fm_http_set_ready(int state) { atomic_store(&g_ready, state); }
+int fm_http_ready(void) { return atomic_load(&g_ready); }
+int fm_http_inflight(void) { return atomic_load(&g_inflight); }
+
+/* ---- request record ------------------------------------------------------------------------ */
+
+static void free_kvs(struct fm_kv *v, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    free(v[i].key);
+    free(v[i].value);
+  }
+  free(v);
+}
+
+static int push_kv(struct fm_kv **v, size_t *n, const char *k, const char *val, int lower) {
+  struct fm_kv *nv = realloc(*v, (*n + 1) * sizeof **v);
+  if (!nv) return FM_E_NOMEM;
+  *v = nv;
+  char *kc = strdup(k);
+  char *vc = strdup(val ? val : "");
+  if (!kc || !vc) {
+    free(kc);
+    free(vc);
+    return FM_E_NOMEM;
+  }
+  if (lower)
+    for (char *p = kc; *p; p++) *p = (char)tolower((unsigned char)*p);
+  nv[*n].key = kc;
+  nv[*n].value = vc;
+  (*n)++;
+  return 0;
+}
+
+static void free_request(struct fm_request *req) {
+  if (!req) return;
+  if (req->pp) MHD_destroy_post_processor(req->pp);
+  for (size_t i = 0; i < req->nparts; i++) {
+    struct fm_part *p = &req->parts[i];
+    if (p->fd >= 0) close(p->fd);
+    if (p->path) {
+      if (unlink(p->path) != 0 && errno != ENOENT)
+        fm_warn("cannot remove spooled upload %s: %s", p->path, strerror(errno));
+      free(p->path);
+    }
+    free(p->name);
+    free(p->filename);
+    free(p->content_type);
+    fm_buf_free(&p->mem);
+  }
+  free(req->parts);
+  if (req->mhd_resp) MHD_destroy_response(req->mhd_resp);
+  free(req->path);
+  free_kvs(req->headers, req->nheaders);
+  free_kvs(req->query, req->nquery);
+  free_kvs(req->resp_headers, req->nresp_headers);
+  fm_buf_free(&req->body);
+  fm_buf_free(&req->resp_body);
+  free(req);
+}
+
+int fm_request_add_header(struct fm_request *req, const char *name, const char *value) {
+  return push_kv(&req->resp_headers, &req->nresp_headers, name, value, 0);
+}
+
+const char *fm_request_header(const struct fm_request *req, const char *lname) {
+  for (size_t i = 0; i < req->nheaders; i++)
+    if (strcmp(req->headers[i].key, lname) == 0) return req->headers[i].value;
+  return NULL;
+}
+
+/* ---- responses ----------------------------------------------------------------------------- */
+
+static struct MHD_Response *build_response(struct fm_request *req) {
+  size_t len = 0;
+  char *body = fm_buf_steal(&req->resp_body, &len);
+  struct MHD_Response *r;
+  if (body && len) {
+    r = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+    if (!r) free(body);
+  } else {
+    free(body);
+    r = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+  }
+  if (!r) return NULL;
+  for (size_t i = 0; i < req->nresp_headers; i++) {
+    const struct fm_kv *h = &req->resp_headers[i];
+    if (MHD_add_response_header(r, h->key, h->value) != MHD_YES)
+      fm_warn("dropped invalid response header %s", h->key);
+  }
+  MHD_add_response_header(r, "X-Request-Id", req->request_id);
+  req->resp_body.len = len; /* remembered for the access log; storage now belongs to MHD */
+  return r;
+}
+
+/* Builds {"detail": msg, "request_id": id} with status on the request itself. */
+static void set_error(struct fm_request *req, int status, const char *detail) {
+  req->status = status;
+  fm_buf_free(&req->resp_body);
+  free_kvs(req->resp_headers, req->nresp_headers);
+  req->resp_headers = NULL;
+  req->nresp_headers = 0;
+  fm_buf_adds(&req->resp_body, "{\"detail\":");
+  fm_buf_add_json_str(&req->resp_body, detail, strlen(detail));
+  fm_buf_adds(&req->resp_body, ",\"request_id\":");
+  fm_buf_add_json_str(&req->resp_body, req->request_id, strlen(req->request_id));
+  fm_buf_adds(&req->resp_body, "}");
+  fm_request_add_header(req, "Content-Type", "application/json");
+}
+
+void fm_request_set_error(struct fm_request *req, int status, const char *detail) {
+  set_error(req, status, detail);
+}
+
+static enum MHD_Result queue(struct MHD_Connection *conn, struct fm_request *req,
+                             struct MHD_Response *r) {
+  if (!r) return MHD_NO;
+  enum MHD_Result rc = MHD_queue_response(conn, (unsigned)req->status, r);
+  MHD_destroy_response(r);
+  req->has_response = 1;
+  return rc;
+}
+
+/* An error answered by the I/O thread before (or instead of) reading the body: the connection
+ * closes afterwards because the rest of the request is not read. */
+static enum MHD_Result reply_error(struct MHD_Connection *conn, struct fm_request *req, int status,
+                                   const char *detail) {
+  set_error(req, status, detail);
+  fm_request_add_header(req, "Connection", "close");
+  return queue(conn, req, build_response(req));
+}
+
+static enum MHD_Result reply_local(struct MHD_Connection *conn, struct fm_request *req) {
+  int is_get = strcmp(req->method, "GET") == 0 || strcmp(req->method, "HEAD") == 0;
+  snprintf(req->resp_route, sizeof req->resp_route, "%s", req->path);
+  if (!is_get) {
+    set_error(req, 405, "method not allowed");
+    fm_request_add_header(req, "Allow", "GET, HEAD");
+    return queue(conn, req, build_response(req));
+  }
+  fm_request_add_header(req, "Content-Type", "application/json");
+  fm_request_add_header(req, "Cache-Control", "no-store");
+  if (strcmp(req->path, "/health/live") == 0) {
+    req->status = 200;
+    fm_buf_adds(&req->resp_body, "{\"status\":\"alive\"}");
+  } else {
+    int ready = fm_http_ready();
+    static const char *const names[] = {"starting", "ready", "shutting_down"};
+    req->status = ready == 1 ? 200 : 503;
+    fm_buf_printf(&req->resp_body, "{\"status\":\"%s\"}", names[ready >= 0 && ready <= 2 ? ready : 0]);
+  }
+  return queue(conn, req, build_response(req));
+}
+
+void fm_http_finish(struct fm_request *req) {
+  req->mhd_resp = build_response(req);
+  req->state = ST_RESPOND;
+  MHD_resume_connection(req->conn);
+}
+
+/* ---- request intake ------------------------------------------------------------------------ */
+
+struct header_scan {
+  struct fm_request *req;
+  size_t bytes;
+  int oom;
+};
+
+static enum MHD_Result collect_header(void *cls, enum MHD_ValueKind kind, const char *key,
+                                      const char *value) {
+  struct header_scan *s = cls;
+  s->bytes += strlen(key) + (value ? strlen(value) : 0) + 4;
+  if (s->bytes > g_cfg.max_header) return MHD_NO; /* stop; the size is reported as 431 */
+  if (push_kv(&s->req->headers, &s->req->nheaders, key, value, 1)) s->oom = 1;
+  return MHD_YES;
+}
+
+static enum MHD_Result collect_query(void *cls, enum MHD_ValueKind kind, const char *key,
+                                     const char *value) {
+  struct header_scan *s = cls;
+  if (push_kv(&s->req->query, &s->req->nquery, key, value, 0)) s->oom = 1;
+  return MHD_YES;
+}
+
+static int valid_request_id(const char *s) {
+  size_t n = 0;
+  for (; s[n]; n++) {
+    unsigned char c = (unsigned char)s[n];
+    if (!(isalnum(c) || c == '.' || c == '_' || c == ':' || c == '-')) return 0;
+  }
+  return n >= 1 && n <= 128;
+}
+
+static void client_addr(struct MHD_Connection *conn, char *out, size_t outsz) {
+  const union MHD_ConnectionInfo *ci =
+      MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+  snprintf(out, outsz, "unknown");
+  if (!ci || !ci->client_addr) return;
+  const struct sockaddr *sa = ci->client_addr;
+  if (sa->sa_family == AF_INET)
+    inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, out, (socklen_t)outsz);
+  else if (sa->sa_family == AF_INET6)
+    inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, out,
+              (socklen_t)outsz);
+}
+
+static int spool_part(struct fm_part *p) {
+  char path[4096];
+  if (snprintf(path, sizeof path, "%s/upload-XXXXXX", g_cfg.tmp_dir) >= (int)sizeof path) return -1;
+  int fd = mkstemp(path);
+  if (fd < 0) return -1;
+  p->path = strdup(path);
+  p->fd = fd;
+  if (!p->path) return -1;
+  size_t off = 0;
+  while (off < p->mem.len) {
+    ssize_t w = write(fd, p->mem.p + off, p->mem.len - off);
+    if (w <= 0) return -1;
+    off += (size_t)w;
+  }
+  fm_buf_free(&p->mem);
+  return 0;
+}
+
+static enum MHD_Result on_part(void *cls, enum MHD_ValueKind kind, const char *key,
+                               const char *filename, const char *content_type,
+                               const char *transfer_encoding, const char *data, uint64_t off,
+                               size_t size) {
+  struct fm_request *req = cls;
+  struct fm_part *p = req->nparts ? &req->parts[req->nparts - 1] : NULL;
+  int same = p && strcmp(p->name, key ? key : "") == 0 &&
+             ((!p->filename && !filename) || (p->filename && filename && !strcmp(p->filename, filename)));
+  if (off == 0 && !(same && p->size == 0)) {
+    if (req->nparts >= MAX_PARTS) {
+      req->pp_error = PP_TOO_MANY;
+      return MHD_NO;
+    }
+    struct fm_part *np = realloc(req->parts, (req->nparts + 1) * sizeof *np);
+    if (!np) goto io;
+    req->parts = np;
+    p = &np[req->nparts++];
+    memset(p, 0, sizeof *p);
+    p->fd = -1;
+    p->name = strdup(key ? key : "");
+    p->filename = filename ? strdup(filename) : NULL;
+    p->content_type = content_type ? strdup(content_type) : NULL;
+    if (!p->name) goto io;
+  }
+  if (!p) goto io;
+  if (size == 0) return MHD_YES;
+  if (!p->path && p->mem.len + size > g_cfg.spool_threshold && spool_part(p) != 0) goto io;
+  if (p->path) {
+    size_t done = 0;
+    while (done < size) {
+      ssize_t w = write(p->fd, data + done, size - done);
+      if (w <= 0) goto io;
+      done += (size_t)w;
+    }
+  } else if (fm_buf_add(&p->mem, data, size)) {
+    goto io;
+  }
+  p->size += size;
+  return MHD_YES;
+io:
+  req->pp_error = PP_IO;
+  return MHD_NO;
+}
+
+static const char *method_label(const char *m) {
+  static const char *const known[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"};
+  for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+    if (strcmp(m, known[i]) == 0) return known[i];
+  return "OTHER";
+}
+
+static enum MHD_Result first_call(struct MHD_Connection *conn, struct fm_request *req,
+                                  const char *url, const char *method) {
+  struct header_scan scan = {req, 0, 0};
+  const char *rid;
+  const char *ctype;
+  const char *clen;
+
+  req->conn = conn;
+  req->t_start = fm_time_mono();
+  client_addr(conn, req->remote_addr, sizeof req->remote_addr);
+  snprintf(req->method, sizeof req->method, "%s", strlen(method) < sizeof req->method ? method : "OTHER");
+  req->path = strdup(url);
+  MHD_get_connection_values(conn, MHD_HEADER_KIND, collect_header, &scan);
+  int too_many_headers = scan.bytes > g_cfg.max_header;
+  MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, collect_query, &scan);
+  rid = fm_request_header(req, "x-request-id");
+  if (rid && valid_request_id(rid)) snprintf(req->request_id, sizeof req->request_id, "%s", rid);
+  else fm_random_hex(req->request_id, sizeof req->request_id, 16);
+  if (!req->path || scan.oom) return reply_error(conn, req, 503, "server out of memory");
+  if (strlen(url) > g_cfg.max_url) return reply_error(conn, req, 414, "request URL too long");
+  if (too_many_headers) return reply_error(conn, req, 431, "request header fields too large");
+  if (strcmp(req->method, "OTHER") == 0) return reply_error(conn, req, 400, "bad request method");
+
+  const char *match_method = strcmp(req->method, "HEAD") == 0 ? "GET" : req->method;
+  req->max_body = fm_routes_max_body(g_cfg.routes, match_method, req->path, &req->route);
+  clen = fm_request_header(req, "content-length");
+  if (clen) {
+    char *end;
+    errno = 0;
+    unsigned long long n = strtoull(clen, &end, 10);
+    if (errno || *end || n > req->max_body) {
+      char msg[96];
+      snprintf(msg, sizeof msg, "request body too large (limit %zu bytes)", req->max_body);
+      return reply_error(conn, req, 413, msg);
+    }
+  }
+  if (strcmp(req->path, "/health/live") == 0 || strcmp(req->path, "/readiness") == 0) {
+    req->state = ST_LOCAL;
+    return MHD_YES;
+  }
+  ctype = fm_request_header(req, "content-type");
+  if (ctype && strncasecmp(ctype, "multipart/form-data", 19) == 0) {
+    req->multipart = 1;
+    req->pp = MHD_create_post_processor(conn, 16 * 1024, on_part, req);
+    if (!req->pp) return reply_error(conn, req, 400, "malformed multipart Content-Type (no boundary)");
+  }
+  req->state = ST_BODY;
+  return MHD_YES;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version, const char *data,
+                                  size_t *size, void **con_cls) {
+  struct fm_request *req = *con_cls;
+  if (!req) {
+    req = calloc(1, sizeof *req);
+    if (!req) return MHD_NO;
+    *con_cls = req;
+    atomic_fetch_add(&g_inflight, 1);
+    /* The response is never queued on this first call when all is well: libmicrohttpd 0.9.75
+     * closes keep-alive connections whose response is queued before the body phase. */
+    return first_call(conn, req, url, method);
+  }
+  if (req->has_response) {
+    *size = 0; /* an early error was queued: discard whatever body still arrives */
+    return MHD_YES;
+  }
+  if (req->state == ST_RESPOND) {
+    struct MHD_Response *r = req->mhd_resp;
+    req->mhd_resp = NULL;
+    return queue(conn, req, r);
+  }
+  if (*size) {
+    size_t n = *size;
+    *size = 0;
+    req->received += n;
+    if (req->received > req->max_body) {
+      char msg[96];
+      snprintf(msg, sizeof msg, "request body too large (limit %zu bytes)", req->max_body);
+      return reply_error(conn, req, 413, msg);
+    }
+    if (req->state == ST_LOCAL) return MHD_YES;
+    if (req->multipart) {
+      if (MHD_post_process(req->pp, data, n) != MHD_YES && !req->pp_error) req->pp_error = PP_MALFORMED;
+      if (req->pp_error == PP_IO) return reply_error(conn, req, 500, "could not store the upload");
+      if (req->pp_error == PP_TOO_MANY) return reply_error(conn, req, 400, "too many multipart parts");
+      if (req->pp_error) return reply_error(conn, req, 400, "malformed multipart body");
+    } else if (fm_buf_add(&req->body, data, n)) {
+      return reply_error(conn, req, 503, "server out of memory");
+    }
+    return MHD_YES;
+  }
+  /* final call: the whole request is in */
+  if (req->state == ST_LOCAL) return reply_local(conn, req);
+  if (req->state != ST_BODY) return MHD_YES;
+  if (req->multipart) {
+    enum MHD_Result complete = MHD_destroy_post_processor(req->pp);
+    req->pp = NULL;
+    if (complete != MHD_YES || req->pp_error)
+      return reply_error(conn, req, 400, "malformed or truncated multipart body");
+    for (size_t i = 0; i < req->nparts; i++)
+      if (req->parts[i].fd >= 0) {
+        close(req->parts[i].fd);
+        req->parts[i].fd = -1;
+      }
+  }
+  req->state = ST_DISPATCHED;
+  MHD_suspend_connection(conn);
+  g_dispatch(req, g_dispatch_ud);
+  return MHD_YES;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe) {
+  struct fm_request *req = *con_cls;
+  if (!req) return;
+  *con_cls = NULL;
+  double dur = fm_time_mono() - req->t_start;
+  int status = req->has_response ? req->status : 499; /* 499: the client went away first */
+  const char *route = req->resp_route[0] ? req->resp_route : req->route ? req->route : "unmatched";
+  const char *mlabel = method_label(req->method);
+  char st[16];
+  snprintf(st, sizeof st, "%d", status);
+  {
+    struct fm_buf lb = {0};
+    const char *keys[] = {"route", "method", "status"};
+    const char *vals[] = {route, mlabel, st};
+    if (fm_metrics_labels(&lb, keys, vals, 3) == 0)
+      fm_metrics_inc("fm_http_requests_total", fm_buf_cstr(&lb), 1);
+    fm_buf_free(&lb);
+    const char *hkeys[] = {"route"};
+    const char *hvals[] = {route};
+    if (fm_metrics_labels(&lb, hkeys, hvals, 1) == 0)
+      fm_metrics_observe("fm_http_request_duration_seconds", fm_buf_cstr(&lb), dur);
+    fm_buf_free(&lb);
+  }
+  if (fm_log_enabled(FM_LOG_INFO)) {
+    struct fm_buf f = {0};
+    fm_buf_adds(&f, "\"method\":");
+    fm_buf_add_json_str(&f, req->method, strlen(req->method));
+    fm_buf_adds(&f, ",\"route\":");
+    fm_buf_add_json_str(&f, route, strlen(route));
+    fm_buf_adds(&f, ",\"path\":");
+    fm_buf_add_json_str(&f, req->path ? req->path : "", req->path ? strlen(req->path) : 0);
+    fm_buf_printf(&f, ",\"status\":%d,\"bytes\":%zu,\"duration_ms\":%.3f,\"remote_addr\":\"%s\"",
+                  status, req->resp_body.len, dur * 1000.0, req->remote_addr);
+    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) fm_buf_adds(&f, ",\"aborted\":true");
+    fm_log_set_request_id(req->request_id);
+    fm_log_fields(FM_LOG_INFO, "access", fm_buf_cstr(&f));
+    fm_log_set_request_id(NULL);
+    fm_buf_free(&f);
+  }
+  free_request(req);
+  atomic_fetch_sub(&g_inflight, 1);
+}
+
+static void mhd_logger(void *cls, const char *fmt, va_list ap) {
+  char msg[512];
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  size_t n = strlen(msg);
+  while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r')) msg[--n] = '\0';
+  fm_log_fields(FM_LOG_WARN, msg, "\"component\":\"libmicrohttpd\"");
+}
+
+int fm_http_start(const struct fm_http_config *cfg, fm_http_dispatch_fn dispatch, void *ud,
+                  struct fm_err *err) {
+  struct addrinfo hints = {0}, *ai = NULL;
+  if (g_daemon) return fm_err_set(err, FM_E_INVAL, "http: already started");
+  if (!cfg->host || !*cfg->host) return fm_err_set(err, FM_E_INVAL, "FM_HOST: empty");
+  if (cfg->port < 0 || cfg->port > 65535) return fm_err_set(err, FM_E_INVAL, "FM_PORT: out of range");
+  if (cfg->io_threads < 1) return fm_err_set(err, FM_E_INVAL, "FM_HTTP_IO_THREADS: must be >= 1");
+  if (!cfg->tmp_dir) return fm_err_set(err, FM_E_INVAL, "http: tmp_dir is required");
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  int gai = getaddrinfo(cfg->host, NULL, &hints, &ai);
+  if (gai != 0) return fm_err_set(err, FM_E_INVAL, "FM_HOST %s: %s", cfg->host, gai_strerror(gai));
+  struct sockaddr_storage ss;
+  memset(&ss, 0, sizeof ss);
+  memcpy(&ss, ai->ai_addr, ai->ai_addrlen);
+  unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+  if (ss.ss_family == AF_INET6) {
+    ((struct sockaddr_in6 *)(void *)&ss)->sin6_port = htons((uint16_t)cfg->port);
+    flags |= MHD_USE_IPv6;
+  } else {
+    ((struct sockaddr_in *)(void *)&ss)->sin_port = htons((uint16_t)cfg->port);
+  }
+  freeaddrinfo(ai);
+
+  g_cfg = *cfg;
+  g_dispatch = dispatch;
+  g_dispatch_ud = ud;
+  size_t pool = cfg->max_header + cfg->max_url + 16 * 1024;
+  g_daemon = MHD_start_daemon(
+      flags, (uint16_t)cfg->port, NULL, NULL, on_request, NULL, MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL, MHD_OPTION_SOCK_ADDR, &ss,
+      MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->io_threads, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+      pool, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->idle_timeout_s,
+      MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections, MHD_OPTION_NOTIFY_COMPLETED,
+      on_completed, NULL, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u, MHD_OPTION_END);
+  if (!g_daemon)
+    return fm_err_set(err, FM_E_IO, "cannot listen on %s:%d (in use, or not an address of this host)",
+                      cfg->host, cfg->port);
+  return 0;
+}
+
+int fm_http_bound_port(void) {
+  if (!g_daemon) return -1;
+  const union MHD_DaemonInfo *di = MHD_get_daemon_info(g_daemon, MHD_DAEMON_INFO_BIND_PORT);
+  return di ? di->port : -1;
+}
+
+void fm_http_quiesce(void) {
+  if (!g_daemon) return;
+  MHD_socket fd = MHD_quiesce_daemon(g_daemon);
+  if (fd != MHD_INVALID_SOCKET) close(fd);
+}
+
+void fm_http_stop(void) {
+  if (!g_daemon) return;
+  MHD_stop_daemon(g_daemon);
+  g_daemon = NULL;
+}

@@ -1,0 +1,491 @@
+/* main.c: the faultmaven command line and the serve lifecycle. */
+#include "http.h"
+#include "httpc.h"
+#include "log.h"
+#include "metrics.h"
+#include "routes.h"
+#include "state.h"
+#include "util.h"
+#include "vm.h"
+#include "worker.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <jansson.h>
+#include <lauxlib.h>
+#include <limits.h>
+#include <microhttpd.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const char usage[] =
+    "faultmaven " FM_VERSION ": the FaultMaven troubleshooting engine\n"
+    "\n"
+    "usage:\n"
+    "  faultmaven serve [options]       run the HTTP API (contract 2.0.0)\n"
+    "  faultmaven exec FILE [ARGS...]   run a Lua file in an engine VM with the fm.* modules\n"
+    "  faultmaven check-config          print the resolved settings (secrets masked); exit 2 if invalid\n"
+    "  faultmaven version               print version information\n"
+    "  faultmaven --help                this text\n"
+    "\n"
+    "serve options (each overrides the environment variable named beside it):\n"
+    "  --host ADDR          FM_HOST            listen address (local mode: 127.0.0.1)\n"
+    "  --port N             FM_PORT            listen port (8090)\n"
+    "  --data-dir DIR       FM_DATA_DIR        data directory (./data)\n"
+    "  --home DIR           FM_HOME            where config.lua, lua/, playbooks/, kb/ live\n"
+    "  --workers N          FM_WORKERS         Lua worker threads\n"
+    "  --io-threads N       FM_HTTP_IO_THREADS HTTP I/O threads\n"
+    "  --shutdown-grace S   FM_SHUTDOWN_GRACE_S seconds in-flight requests get on SIGTERM\n"
+    "  --log-level L        LOG_LEVEL          debug, info, warn, error\n"
+    "\n"
+    "Every setting is listed in docs/CONFIG.md; `faultmaven check-config` shows their values.\n";
+
+static const struct {
+  const char *flag;
+  const char *env;
+} flag_env[] = {
+    {"--host", "FM_HOST"},
+    {"--port", "FM_PORT"},
+    {"--data-dir", "FM_DATA_DIR"},
+    {"--home", "FM_HOME"},
+    {"--workers", "FM_WORKERS"},
+    {"--io-threads", "FM_HTTP_IO_THREADS"},
+    {"--shutdown-grace", "FM_SHUTDOWN_GRACE_S"},
+    {"--log-level", "LOG_LEVEL"},
+};
+
+/* Settings C holds for the life of the process, read from fm.settings. */
+struct settings {
+  char host[256];
+  int port;
+  char data_dir[PATH_MAX];
+  int workers;
+  int io_threads;
+  double grace_s;
+  int log_level;
+  size_t lua_memory;
+  uint64_t budget;
+  size_t max_body;
+  size_t max_url;
+  size_t max_header;
+  int idle_timeout_s;
+  int max_connections;
+};
+
+static int parse_flags(int argc, char **argv, int first) {
+  for (int i = first; i < argc; i++) {
+    const char *a = argv[i];
+    const char *val = NULL;
+    size_t k;
+    for (k = 0; k < sizeof flag_env / sizeof flag_env[0]; k++) {
+      size_t fl = strlen(flag_env[k].flag);
+      if (strncmp(a, flag_env[k].flag, fl) == 0 && (a[fl] == '\0' || a[fl] == '=')) {
+        if (a[fl] == '=') val = a + fl + 1;
+        else if (i + 1 < argc) val = argv[++i];
+        break;
+      }
+    }
+    if (k == sizeof flag_env / sizeof flag_env[0]) {
+      fprintf(stderr, "faultmaven: unknown option '%s' (see faultmaven --help)\n", a);
+      return -1;
+    }
+    if (!val) {
+      fprintf(stderr, "faultmaven: option %s needs a value\n", flag_env[k].flag);
+      return -1;
+    }
+    setenv(flag_env[k].env, val, 1);
+  }
+  return 0;
+}
+
+/* FM_HOME: the environment, else the current directory if it has config.lua, else the install
+ * prefix. Made absolute and exported so every VM and child sees the same. */
+static int resolve_home(struct fm_err *err) {
+  const char *h = getenv("FM_HOME");
+  char buf[PATH_MAX];
+  if (!h || !*h) h = access("config.lua", R_OK) == 0 ? "." : FM_INSTALL_HOME;
+  if (!realpath(h, buf)) return fm_err_set(err, FM_E_INVAL, "FM_HOME %s: %s", h, strerror(errno));
+  char cfg[PATH_MAX + 16];
+  snprintf(cfg, sizeof cfg, "%s/config.lua", buf);
+  if (access(cfg, R_OK) != 0)
+    return fm_err_set(err, FM_E_INVAL, "FM_HOME %s has no readable config.lua", buf);
+  setenv("FM_HOME", buf, 1);
+  snprintf(fm_state.home, sizeof fm_state.home, "%s", buf);
+  return 0;
+}
+
+static void register_metrics(void) {
+  fm_metrics_register("fm_http_requests_total", FM_METRIC_COUNTER,
+                      "HTTP requests answered, by route pattern, method and status.", NULL, 0);
+  fm_metrics_register("fm_http_request_duration_seconds", FM_METRIC_HISTOGRAM,
+                      "Time from the first byte of a request to the end of its response.", NULL, 0);
+  fm_metrics_register("fm_lua_memory_bytes", FM_METRIC_GAUGE,
+                      "Bytes allocated by each worker's Lua VM after its last request.", NULL, 0);
+  fm_metrics_register("fm_workers_busy", FM_METRIC_GAUGE, "Lua workers running a request now.", NULL, 0);
+  fm_metrics_register("fm_workers", FM_METRIC_GAUGE, "Lua worker threads.", NULL, 0);
+  fm_metrics_register("fm_build_info", FM_METRIC_GAUGE, "Build information; the value is 1.", NULL, 0);
+  char labels[256];
+  snprintf(labels, sizeof labels, "version=\"%s\",lua=\"%s\",libmicrohttpd=\"%s\"", FM_VERSION,
+           LUA_RELEASE, MHD_get_version());
+  fm_metrics_set("fm_build_info", labels, 1);
+}
+
+static struct fm_vm *boot_vm(struct fm_err *err) {
+  struct fm_vm_opts o = {0};
+  o.home = fm_state.home;
+  o.extra_path = getenv("FM_LUA_PATH");
+  o.mode = FM_VM_SERVE;
+  o.worker_id = -1;
+  struct fm_vm *vm;
+  if (fm_vm_new(&o, &vm, err)) return NULL;
+  return vm;
+}
+
+static int l_require_settings(lua_State *L) {
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "fm.settings");
+  lua_call(L, 1, 1);
+  return 1;
+}
+
+static lua_Integer get_int(lua_State *L, const char *k) {
+  lua_getfield(L, -1, k);
+  lua_Integer v = lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
+static double get_num(lua_State *L, const char *k) {
+  lua_getfield(L, -1, k);
+  double v = lua_tonumber(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
+static void get_str(lua_State *L, const char *k, char *out, size_t outsz) {
+  lua_getfield(L, -1, k);
+  const char *v = lua_tostring(L, -1);
+  snprintf(out, outsz, "%s", v ? v : "");
+  lua_pop(L, 1);
+}
+
+/* Loads fm.settings (config.lua over the environment) and copies what C needs. */
+static int load_settings(struct fm_vm *vm, struct settings *s, struct fm_err *err) {
+  lua_pushcfunction(vm->L, l_require_settings);
+  if (fm_vm_pcall(vm, 0, 1, err)) return FM_E_INVAL;
+  lua_State *L = vm->L;
+  get_str(L, "host", s->host, sizeof s->host);
+  s->port = (int)get_int(L, "port");
+  get_str(L, "data_dir", s->data_dir, sizeof s->data_dir);
+  s->workers = (int)get_int(L, "workers");
+  s->io_threads = (int)get_int(L, "http_io_threads");
+  s->grace_s = get_num(L, "shutdown_grace_s");
+  char lv[32];
+  get_str(L, "log_level", lv, sizeof lv);
+  s->log_level = fm_log_parse_level(lv);
+  s->lua_memory = (size_t)get_int(L, "lua_memory_mb") << 20;
+  s->budget = (uint64_t)get_int(L, "request_instruction_limit");
+  s->max_body = (size_t)get_int(L, "max_body_bytes");
+  s->max_url = (size_t)get_int(L, "max_url_bytes");
+  s->max_header = (size_t)get_int(L, "max_header_bytes");
+  s->idle_timeout_s = (int)get_int(L, "http_idle_timeout_s");
+  s->max_connections = (int)get_int(L, "http_max_connections");
+  lua_pop(L, 1);
+  if (s->log_level < 0) s->log_level = FM_LOG_INFO;
+  return 0;
+}
+
+static int l_route_limits(lua_State *L) {
+  struct fm_routes *routes = lua_touserdata(L, 1);
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "fm.app");
+  lua_call(L, 1, 1);
+  lua_getfield(L, -1, "route_limits");
+  lua_call(L, 0, 1);
+  luaL_checktype(L, -1, LUA_TTABLE);
+  lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_rawgeti(L, -1, i);
+    lua_getfield(L, -1, "method");
+    lua_getfield(L, -2, "pattern");
+    lua_getfield(L, -3, "max_body");
+    struct fm_err e = {0};
+    if (fm_routes_add(routes, luaL_checkstring(L, -3), luaL_checkstring(L, -2),
+                      (size_t)luaL_checkinteger(L, -1), &e))
+      return luaL_error(L, "route table: %s", e.msg);
+    lua_pop(L, 4);
+  }
+  return 0;
+}
+
+/* ---- signals ------------------------------------------------------------------------------- */
+
+static pthread_mutex_t g_sig_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t g_sig_cv = PTHREAD_COND_INITIALIZER;
+static int g_shutdown_signal;
+
+static void *signal_thread(void *arg) {
+  sigset_t *set = arg;
+  for (;;) {
+    int sig;
+    if (sigwait(set, &sig) != 0) continue;
+    if (sig == SIGHUP) {
+      fm_warn("SIGHUP received: hot reload is not built yet; restart the engine to apply changes");
+      continue;
+    }
+    pthread_mutex_lock(&g_sig_mu);
+    int second = g_shutdown_signal != 0;
+    if (!second) g_shutdown_signal = sig;
+    pthread_cond_broadcast(&g_sig_cv);
+    pthread_mutex_unlock(&g_sig_mu);
+    if (second) {
+      fm_log_fields(FM_LOG_WARN, "second signal: exiting at once", NULL);
+      _exit(128 + sig);
+    }
+  }
+  return NULL;
+}
+
+/* ---- commands ------------------------------------------------------------------------------ */
+
+static int cmd_serve(void) {
+  struct fm_err err = {0};
+  struct settings s = {0};
+  struct fm_routes *routes = NULL;
+  char tmp_dir[PATH_MAX + 8];
+  int rc = 1;
+
+  if (resolve_home(&err)) goto fail;
+  fm_state.started_at = fm_time_now();
+  fm_state.started_mono = fm_time_mono();
+  register_metrics();
+  if (fm_httpc_global_init(&err)) goto fail;
+
+  struct fm_vm *boot = boot_vm(&err);
+  if (!boot) goto fail;
+  if (load_settings(boot, &s, &err)) {
+    fm_vm_free(boot);
+    fprintf(stderr, "faultmaven: %s\n", err.msg);
+    return 2;
+  }
+  fm_log_set_level(s.log_level);
+  routes = fm_routes_new(s.max_body);
+  lua_pushcfunction(boot->L, l_route_limits);
+  lua_pushlightuserdata(boot->L, routes);
+  if (!routes || fm_vm_pcall(boot, 1, 0, &err)) {
+    fm_vm_free(boot);
+    goto fail;
+  }
+  fm_vm_free(boot);
+
+  if (fm_mkdirs(s.data_dir, 0750, &err)) goto fail;
+  snprintf(tmp_dir, sizeof tmp_dir, "%s/tmp", s.data_dir);
+  if (fm_mkdirs(tmp_dir, 0700, &err)) goto fail;
+  int stale = fm_clean_dir(tmp_dir);
+  if (stale) fm_warn("removed %d stale temp files from %s", stale, tmp_dir);
+  snprintf(fm_state.host, sizeof fm_state.host, "%s", s.host);
+  snprintf(fm_state.data_dir, sizeof fm_state.data_dir, "%s", s.data_dir);
+  fm_state.workers = s.workers;
+  fm_state.io_threads = s.io_threads;
+  fm_metrics_set("fm_workers", "", s.workers);
+  fm_metrics_set("fm_workers_busy", "", 0);
+
+  /* Signals are taken by one thread with sigwait; every other thread inherits this mask. */
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &set, NULL);
+  signal(SIGPIPE, SIG_IGN);
+  pthread_t sigthr;
+  if (pthread_create(&sigthr, NULL, signal_thread, &set) != 0) {
+    fm_err_set(&err, FM_E_IO, "cannot start the signal thread");
+    goto fail;
+  }
+  pthread_detach(sigthr);
+
+  /* The listener starts first so probes get answers (/readiness 503) while workers load. */
+  fm_http_set_ready(0);
+  struct fm_http_config hc = {
+      .host = s.host,
+      .port = s.port,
+      .io_threads = s.io_threads,
+      .max_url = s.max_url,
+      .max_header = s.max_header,
+      .spool_threshold = 64 * 1024,
+      .tmp_dir = tmp_dir,
+      .idle_timeout_s = s.idle_timeout_s,
+      .max_connections = s.max_connections,
+      .routes = routes,
+  };
+  if (fm_http_start(&hc, fm_workers_dispatch, NULL, &err)) goto fail;
+  fm_state.port = fm_http_bound_port();
+
+  struct fm_workers_config wc = {0};
+  wc.count = s.workers;
+  wc.vm.home = fm_state.home;
+  wc.vm.extra_path = getenv("FM_LUA_PATH");
+  wc.vm.mem_limit = s.lua_memory;
+  wc.vm.mode = FM_VM_SERVE;
+  wc.budget = s.budget;
+  if (fm_workers_start(&wc, &err)) {
+    fm_http_stop();
+    goto fail;
+  }
+  fm_http_set_ready(1);
+  {
+    char f[512];
+    snprintf(f, sizeof f, "\"host\":\"%s\",\"port\":%d,\"workers\":%d,\"io_threads\":%d,\"version\":\"%s\"",
+             s.host, fm_state.port, s.workers, s.io_threads, FM_VERSION);
+    fm_log_fields(FM_LOG_INFO, "listening", f);
+  }
+
+  pthread_mutex_lock(&g_sig_mu);
+  while (!g_shutdown_signal) pthread_cond_wait(&g_sig_cv, &g_sig_mu);
+  int sig = g_shutdown_signal;
+  pthread_mutex_unlock(&g_sig_mu);
+
+  fm_http_set_ready(2);
+  fm_info("%s received: draining (grace %.0fs)", sig == SIGINT ? "SIGINT" : "SIGTERM", s.grace_s);
+  fm_http_quiesce();
+  double deadline = fm_time_mono() + s.grace_s;
+  while (fm_http_inflight() > 0 && fm_time_mono() < deadline) fm_sleep(0.01);
+  int left = fm_http_inflight();
+  if (left > 0) {
+    /* Workers still hold requests: tearing the daemon down under them is unsafe, so leave now. */
+    fm_warn("shutdown grace of %.0fs over with %d requests still running; exiting", s.grace_s, left);
+    _exit(0);
+  }
+  fm_http_stop();
+  fm_workers_stop();
+  fm_routes_free(routes);
+  fm_httpc_global_cleanup();
+  fm_metrics_reset();
+  fm_info("stopped");
+  return 0;
+
+fail:
+  fm_log_fields(FM_LOG_ERROR, err.msg[0] ? err.msg : "start failed", NULL);
+  fm_routes_free(routes);
+  return rc;
+}
+
+static int cmd_exec(int argc, char **argv) {
+  struct fm_err err = {0};
+  if (argc < 3) {
+    fprintf(stderr, "usage: faultmaven exec FILE [ARGS...]\n");
+    return 2;
+  }
+  if (resolve_home(&err)) {
+    fprintf(stderr, "faultmaven: %s\n", err.msg);
+    return 2;
+  }
+  int lv = fm_log_parse_level(getenv("LOG_LEVEL"));
+  fm_log_set_level(lv >= 0 ? lv : FM_LOG_INFO);
+  register_metrics();
+  if (fm_httpc_global_init(&err)) {
+    fprintf(stderr, "faultmaven: %s\n", err.msg);
+    return 1;
+  }
+  struct fm_vm_opts o = {0};
+  o.home = fm_state.home;
+  o.extra_path = getenv("FM_LUA_PATH");
+  o.mode = FM_VM_EXEC;
+  o.worker_id = -1;
+  struct fm_vm *vm;
+  if (fm_vm_new(&o, &vm, &err)) {
+    fprintf(stderr, "faultmaven: %s\n", err.msg);
+    return 1;
+  }
+  lua_State *L = vm->L;
+  /* arg like lua(1): arg[0] = script, arg[1..] = its arguments, arg[-1] = the engine */
+  lua_createtable(L, argc - 3, 2);
+  lua_pushstring(L, argv[0]);
+  lua_rawseti(L, -2, -1);
+  for (int i = 2; i < argc; i++) {
+    lua_pushstring(L, argv[i]);
+    lua_rawseti(L, -2, i - 2);
+  }
+  lua_setglobal(L, "arg");
+  int rc = 0;
+  if (luaL_loadfile(L, argv[2]) != LUA_OK) {
+    fprintf(stderr, "faultmaven: %s\n", lua_tostring(L, -1));
+    rc = 1;
+  } else {
+    for (int i = 3; i < argc; i++) lua_pushstring(L, argv[i]);
+    if (fm_vm_pcall(vm, argc - 3, 0, &err)) {
+      fprintf(stderr, "faultmaven: %s\n", err.msg);
+      rc = 1;
+    }
+  }
+  fm_vm_free(vm);
+  fm_httpc_global_cleanup();
+  fm_metrics_reset();
+  return rc;
+}
+
+static int l_check_config(lua_State *L) {
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "config");
+  lua_call(L, 1, 1);
+  lua_getfield(L, -1, "check");
+  lua_call(L, 0, 2);
+  return 2;
+}
+
+static int cmd_check_config(void) {
+  struct fm_err err = {0};
+  if (resolve_home(&err)) {
+    fprintf(stderr, "faultmaven: %s\n", err.msg);
+    return 2;
+  }
+  struct fm_vm *vm = boot_vm(&err);
+  if (!vm) {
+    fprintf(stderr, "faultmaven: %s\n", err.msg);
+    return 1;
+  }
+  lua_pushcfunction(vm->L, l_check_config);
+  int rc;
+  if (fm_vm_pcall(vm, 0, 2, &err)) {
+    fprintf(stderr, "faultmaven: %s\n", err.msg);
+    rc = 2;
+  } else {
+    const char *report = lua_tostring(vm->L, -1);
+    rc = lua_toboolean(vm->L, -2) ? 0 : 2;
+    fputs(report ? report : "", rc ? stderr : stdout);
+  }
+  fm_vm_free(vm);
+  return rc;
+}
+
+static int cmd_version(void) {
+  printf("faultmaven %s\n", FM_VERSION);
+  printf("  %s, libmicrohttpd %s, %s, jansson %s\n", LUA_RELEASE, MHD_get_version(),
+         curl_version(), JANSSON_VERSION);
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+    fputs(usage, argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  const char *cmd = argv[1];
+  if (!strcmp(cmd, "serve")) {
+    if (parse_flags(argc, argv, 2)) return 2;
+    return cmd_serve();
+  }
+  if (!strcmp(cmd, "exec")) return cmd_exec(argc, argv);
+  if (!strcmp(cmd, "check-config")) {
+    if (parse_flags(argc, argv, 2)) return 2;
+    return cmd_check_config();
+  }
+  if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) return cmd_version();
+  fprintf(stderr, "faultmaven: unknown command '%s' (see faultmaven --help)\n", cmd);
+  return 2;
+}

@@ -1,0 +1,115 @@
+#include "util.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+double fm_time_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+double fm_time_mono(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+void fm_time_iso8601(double t, char *out, size_t outsz) {
+  time_t secs = (time_t)t;
+  int ms = (int)((t - (double)secs) * 1000.0);
+  if (ms < 0) ms = 0;
+  if (ms > 999) ms = 999;
+  struct tm tm;
+  gmtime_r(&secs, &tm);
+  snprintf(out, outsz, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+           tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ms);
+}
+
+void fm_sleep(double secs) {
+  if (secs <= 0) return;
+  struct timespec ts = {(time_t)secs, (long)((secs - (double)(time_t)secs) * 1e9)};
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+  }
+}
+
+int fm_random_bytes(void *p, size_t n) {
+  unsigned char *c = p;
+  while (n > 0) {
+    ssize_t r = getrandom(c, n, 0);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return FM_E_IO;
+    }
+    c += r;
+    n -= (size_t)r;
+  }
+  return 0;
+}
+
+int fm_random_hex(char *out, size_t outsz, size_t nbytes) {
+  static const char hex[] = "0123456789abcdef";
+  unsigned char raw[64];
+  if (nbytes > sizeof raw || outsz < nbytes * 2 + 1) return FM_E_INVAL;
+  if (fm_random_bytes(raw, nbytes)) return FM_E_IO;
+  for (size_t i = 0; i < nbytes; i++) {
+    out[2 * i] = hex[raw[i] >> 4];
+    out[2 * i + 1] = hex[raw[i] & 15];
+  }
+  out[nbytes * 2] = '\0';
+  return 0;
+}
+
+int fm_parse_long(const char *s, long min, long max, long *out) {
+  if (!s || !*s) return FM_E_INVAL;
+  char *end;
+  errno = 0;
+  long v = strtol(s, &end, 10);
+  if (errno || *end || v < min || v > max) return FM_E_INVAL;
+  *out = v;
+  return 0;
+}
+
+int fm_mkdirs(const char *path, unsigned mode, struct fm_err *err) {
+  char tmp[PATH_MAX];
+  size_t n = strlen(path);
+  if (n == 0 || n >= sizeof tmp) return fm_err_set(err, FM_E_INVAL, "bad directory path");
+  memcpy(tmp, path, n + 1);
+  for (char *p = tmp + 1; *p; p++) {
+    if (*p != '/') continue;
+    *p = '\0';
+    if (mkdir(tmp, mode) != 0 && errno != EEXIST)
+      return fm_err_set(err, FM_E_IO, "mkdir %s: %s", tmp, strerror(errno));
+    *p = '/';
+  }
+  if (mkdir(tmp, mode) != 0 && errno != EEXIST)
+    return fm_err_set(err, FM_E_IO, "mkdir %s: %s", tmp, strerror(errno));
+  struct stat st;
+  if (stat(tmp, &st) != 0 || !S_ISDIR(st.st_mode))
+    return fm_err_set(err, FM_E_IO, "%s is not a directory", tmp);
+  return 0;
+}
+
+int fm_clean_dir(const char *dir) {
+  DIR *d = opendir(dir);
+  if (!d) return 0;
+  int removed = 0;
+  struct dirent *e;
+  char path[PATH_MAX];
+  while ((e = readdir(d)) != NULL) {
+    if (e->d_name[0] == '.') continue;
+    if (snprintf(path, sizeof path, "%s/%s", dir, e->d_name) >= (int)sizeof path) continue;
+    struct stat st;
+    if (lstat(path, &st) == 0 && S_ISREG(st.st_mode) && unlink(path) == 0) removed++;
+  }
+  closedir(d);
+  return removed;
+}

@@ -1,0 +1,31 @@
+/* util.h: time, random ids, small string and file helpers shared by the core. */
+#ifndef FM_UTIL_H
+#define FM_UTIL_H
+
+#include "err.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Wall-clock seconds since the epoch, with sub-second precision. */
+double fm_time_now(void);
+/* Monotonic seconds (for durations and deadlines). */
+double fm_time_mono(void);
+/* Formats t as ISO 8601 UTC with milliseconds and Z: "2026-11-22T06:40:00.123Z". */
+void fm_time_iso8601(double t, char *out, size_t outsz);
+/* Sleeps for secs (restarting on EINTR). */
+void fm_sleep(double secs);
+
+/* Fills p with n bytes from the kernel CSPRNG. Returns 0 or FM_E_IO. */
+int fm_random_bytes(void *p, size_t n);
+/* Writes 2*nbytes lower-case hex characters plus NUL into out (outsz >= 2*nbytes+1). */
+int fm_random_hex(char *out, size_t outsz, size_t nbytes);
+
+/* Parses a base-10 integer in [min,max]; returns 0 or FM_E_INVAL. */
+int fm_parse_long(const char *s, long min, long max, long *out);
+/* mkdir -p with mode for new directories. Returns 0 or FM_E_IO (err set). */
+int fm_mkdirs(const char *path, unsigned mode, struct fm_err *err);
+/* Removes the regular files directly in dir (not recursive). Returns the number removed. */
+int fm_clean_dir(const char *dir);
+
+#endif

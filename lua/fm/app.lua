@@ -1,0 +1,85 @@
+-- fm.app: the application a worker runs. The engine calls app.handle(req) for every request that
+-- reaches Lua and gets back status, headers, body (a string) and the matched route pattern.
+local json = require "fm.json"
+local router_mod = require "fm.router"
+local settings = require "fm.settings"
+
+local M = {}
+
+-- Built-in route modules, in order; FM_EXTRA_ROUTES adds more after them.
+M.route_modules = { "fm.api.root", "fm.api.health", "fm.api.meta", "fm.api.metrics" }
+
+local router = router_mod.new()
+for _, name in ipairs(M.route_modules) do require(name)(router) end
+for _, name in ipairs(settings.extra_routes) do
+  local ok, mod = pcall(require, name)
+  if not ok then error("FM_EXTRA_ROUTES: cannot load " .. name .. ": " .. tostring(mod), 0) end
+  if type(mod) ~= "function" then
+    error("FM_EXTRA_ROUTES: " .. name .. " must return function(router)", 0)
+  end
+  mod(router)
+end
+M.router = router
+
+-- Middleware, outermost first: CORS headers go on every answer, errors included.
+-- (The request id is taken or generated in C, before Lua, so that answers C gives itself, such
+-- as 413 or 431, carry it too; req.id holds it and C echoes it as X-Request-Id.)
+local chain_order = {
+  (require "fm.middleware.cors"),
+  (require "fm.middleware.errors"),
+  (require "fm.middleware.json_body"),
+}
+
+local function dispatch(req)
+  local route, params = req.route, req.params
+  if not route then
+    local allowed = params
+    if allowed then
+      local allow = table.concat(allowed, ", ")
+      if req.method == "OPTIONS" then return 204, nil, { Allow = allow } end
+      return 405, { detail = "method not allowed" }, { Allow = allow }
+    end
+    return 404, { detail = "not found" }
+  end
+  return route.handler(req)
+end
+
+local chain = dispatch
+for i = #chain_order, 1, -1 do
+  local mw, nxt = chain_order[i], chain
+  chain = function(req) return mw(req, nxt) end
+end
+
+local function has_header(h, lname)
+  for k in pairs(h) do if k:lower() == lname then return true end end
+  return false
+end
+
+--- Entry point from C: req {method, path, headers, query, body?, form?, id, remote_addr}.
+-- Returns status, headers, body string, route pattern.
+function M.handle(req)
+  local route, params = router:match(req.method, req.path)
+  req.route, req.params = route, params
+  local status, body, headers = chain(req)
+  headers = headers or {}
+  local out = ""
+  if type(body) == "table" then
+    out = json.encode(body)
+    if not has_header(headers, "content-type") then headers["Content-Type"] = "application/json" end
+  elseif type(body) == "string" then
+    out = body
+    if not has_header(headers, "content-type") then
+      headers["Content-Type"] = "text/plain; charset=utf-8"
+    end
+  elseif body ~= nil then
+    error("handler for " .. req.method .. " " .. req.path .. " returned a " .. type(body) .. " body")
+  end
+  return status, headers, out, route and route.pattern or "unmatched"
+end
+
+--- For C at start: body limits by route.
+function M.route_limits()
+  return router:limits(settings.max_body_bytes)
+end
+
+return M

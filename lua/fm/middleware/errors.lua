@@ -1,0 +1,20 @@
+-- Error handler: runs the rest of the chain protected. An fm.errors value becomes its status and
+-- detail; any other error is a 500 {"detail": "internal error", "request_id": ...} with the
+-- traceback in the log, never in the response. Budget and memory aborts are not caught here: the
+-- engine re-raises them past every pcall and answers them itself.
+local errors = require "fm.errors"
+local log = require "fm.log"
+
+return function(req, nxt)
+  local ok, status, body, headers = xpcall(nxt, function(e)
+    if errors.is_http(e) then return e end
+    return debug.traceback(tostring(e), 2)
+  end, req)
+  if ok then return status, body, headers end
+  local e = status
+  if errors.is_http(e) then
+    return e.status, e.body or { detail = e.detail }, e.headers
+  end
+  log.error("unhandled error in handler", { route = req.route and req.route.pattern, error = e })
+  return 500, { detail = "internal error", request_id = req.id }
+end

@@ -1,0 +1,79 @@
+-- fm.services.health: named health checks. Each provider registers one when it lands (a query,
+-- a PING, a HEAD on the bucket); /health runs them all for real on every call.
+--   health.register(name, fn)  fn() -> "healthy"|"degraded"|"unhealthy", details table
+local engine = require "fm.engine"
+
+local M = {}
+
+local checks, order = {}, {}
+
+function M.register(name, fn)
+  if type(name) ~= "string" or type(fn) ~= "function" then
+    error("health.register(name, fn)", 2)
+  end
+  if not checks[name] then order[#order + 1] = name end
+  checks[name] = fn
+end
+
+local function run(name)
+  local ok, status, details = pcall(checks[name])
+  if not ok then return { status = "unhealthy", error = tostring(status) } end
+  local out = details or {}
+  out.status = status
+  return out
+end
+
+local rank = { healthy = 0, degraded = 1, unhealthy = 2 }
+
+--- Runs every check. Returns overall status and {name = {status=..., ...}}.
+function M.check_all()
+  local components, worst = {}, "healthy"
+  for _, name in ipairs(order) do
+    local c = run(name)
+    components[name] = c
+    if (rank[c.status] or 2) > rank[worst] then worst = rank[c.status] and c.status or "unhealthy" end
+  end
+  return worst, components
+end
+
+--- One check by name, or nil.
+function M.check(name)
+  if not checks[name] then return nil end
+  return run(name)
+end
+
+function M.names() return order end
+
+-- The engine itself: workers and the Lua VM answering this request.
+M.register("engine", function()
+  local i = engine.info()
+  local status = i.readiness == "ready" and "healthy" or "degraded"
+  return status, {
+    version = i.version, uptime_s = i.uptime_s, readiness = i.readiness,
+    workers = i.workers, workers_busy = i.workers_busy, queued = i.queued,
+    requests = i.requests, vm_restarts = i.vm_restarts,
+  }
+end)
+
+M.register("lua", function()
+  local i = engine.info()
+  local used, limit = i.lua_memory_bytes, i.lua_memory_limit
+  local status = (limit > 0 and used > limit * 0.8) and "degraded" or "healthy"
+  return status, { version = i.lua_version, generation = 1, memory_bytes = used,
+                   memory_limit_bytes = limit }
+end)
+
+-- The data directory must be writable: uploads, the embedded database and temp files live there.
+M.register("data_dir", function()
+  local dir = engine.info().data_dir
+  local probe = dir .. "/tmp/.health-" .. require("fm.crypto").random_hex(6)
+  local f, err = io.open(probe, "w")
+  if not f then return "unhealthy", { path = dir, error = err } end
+  local ok, werr = f:write("ok")
+  f:close()
+  os.remove(probe)
+  if not ok then return "unhealthy", { path = dir, error = werr } end
+  return "healthy", { path = dir }
+end)
+
+return M
