@@ -128,6 +128,7 @@ static struct MHD_Response *build_response(struct fm_request *req) {
 /* Builds {"detail": msg, "request_id": id} with status on the request itself. */
 static void set_error(struct fm_request *req, int status, const char *detail) {
   req->status = status;
+  int with_limit = status == 413;
   fm_buf_free(&req->resp_body);
   free_kvs(req->resp_headers, req->nresp_headers);
   req->resp_headers = NULL;
@@ -136,6 +137,7 @@ static void set_error(struct fm_request *req, int status, const char *detail) {
   fm_buf_add_json_str(&req->resp_body, detail, strlen(detail));
   fm_buf_adds(&req->resp_body, ",\"request_id\":");
   fm_buf_add_json_str(&req->resp_body, req->request_id, strlen(req->request_id));
+  if (with_limit) fm_buf_printf(&req->resp_body, ",\"limit\":%zu", req->max_body);
   fm_buf_adds(&req->resp_body, "}");
   fm_request_add_header(req, "Content-Type", "application/json");
 }
@@ -305,6 +307,17 @@ static const char *method_label(const char *m) {
   return "OTHER";
 }
 
+/* Called by libmicrohttpd with the request-target as sent, before it splits off the query: the
+ * request record starts here so the URL limit covers the query string too. */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn) {
+  struct fm_request *req = calloc(1, sizeof *req);
+  if (!req) return NULL;
+  req->raw_uri_len = uri ? strlen(uri) : 0;
+  req->state = ST_NEW;
+  atomic_fetch_add(&g_inflight, 1);
+  return req;
+}
+
 static enum MHD_Result first_call(struct MHD_Connection *conn, struct fm_request *req,
                                   const char *url, const char *method) {
   struct header_scan scan = {req, 0, 0};
@@ -324,7 +337,8 @@ static enum MHD_Result first_call(struct MHD_Connection *conn, struct fm_request
   if (rid && valid_request_id(rid)) snprintf(req->request_id, sizeof req->request_id, "%s", rid);
   else fm_random_hex(req->request_id, sizeof req->request_id, 16);
   if (!req->path || scan.oom) return reply_error(conn, req, 503, "server out of memory");
-  if (strlen(url) > g_cfg.max_url) return reply_error(conn, req, 414, "request URL too long");
+  if (strlen(url) > g_cfg.max_url || req->raw_uri_len > g_cfg.max_url)
+    return reply_error(conn, req, 414, "request URL too long");
   if (too_many_headers) return reply_error(conn, req, 431, "request header fields too large");
   if (strcmp(req->method, "OTHER") == 0) return reply_error(conn, req, 400, "bad request method");
 
@@ -335,11 +349,7 @@ static enum MHD_Result first_call(struct MHD_Connection *conn, struct fm_request
     char *end;
     errno = 0;
     unsigned long long n = strtoull(clen, &end, 10);
-    if (errno || *end || n > req->max_body) {
-      char msg[96];
-      snprintf(msg, sizeof msg, "request body too large (limit %zu bytes)", req->max_body);
-      return reply_error(conn, req, 413, msg);
-    }
+    if (errno || *end || n > req->max_body) return reply_error(conn, req, 413, "request body too large");
   }
   if (strcmp(req->path, "/health/live") == 0 || strcmp(req->path, "/readiness") == 0) {
     req->state = ST_LOCAL;
@@ -355,15 +365,30 @@ static enum MHD_Result first_call(struct MHD_Connection *conn, struct fm_request
   return MHD_YES;
 }
 
+/* libmicrohttpd 0.9.75 accepts a response only before the body phase or after it: an error found
+ * while the body streams in is remembered, the rest of the body is read and dropped, and the
+ * error is answered at the end. A client that keeps sending past this allowance is cut off. */
+static size_t drain_allowance(const struct fm_request *req) {
+  size_t extra = req->max_body < (16u << 20) ? (16u << 20) : req->max_body;
+  return req->max_body + extra;
+}
+
+static void defer_error(struct fm_request *req, int status, const char *detail) {
+  if (!req->deferred_status) {
+    req->deferred_status = status;
+    req->deferred_detail = detail;
+  }
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version, const char *data,
                                   size_t *size, void **con_cls) {
   struct fm_request *req = *con_cls;
-  if (!req) {
-    req = calloc(1, sizeof *req);
-    if (!req) return MHD_NO;
-    *con_cls = req;
-    atomic_fetch_add(&g_inflight, 1);
+  if (!req) { /* the URI callback could not allocate */
+    return MHD_NO;
+  }
+  if (req->state == ST_NEW) {
+    req->state = ST_BODY;
     /* The response is never queued on this first call when all is well: libmicrohttpd 0.9.75
      * closes keep-alive connections whose response is queued before the body phase. */
     return first_call(conn, req, url, method);
@@ -381,23 +406,31 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     size_t n = *size;
     *size = 0;
     req->received += n;
+    if (req->deferred_status) {
+      if (req->received > drain_allowance(req)) {
+        fm_warn("closing a connection that sent %zu body bytes after a %d", req->received,
+                req->deferred_status);
+        return MHD_NO;
+      }
+      return MHD_YES;
+    }
     if (req->received > req->max_body) {
-      char msg[96];
-      snprintf(msg, sizeof msg, "request body too large (limit %zu bytes)", req->max_body);
-      return reply_error(conn, req, 413, msg);
+      defer_error(req, 413, "request body too large");
+      return MHD_YES;
     }
     if (req->state == ST_LOCAL) return MHD_YES;
     if (req->multipart) {
       if (MHD_post_process(req->pp, data, n) != MHD_YES && !req->pp_error) req->pp_error = PP_MALFORMED;
-      if (req->pp_error == PP_IO) return reply_error(conn, req, 500, "could not store the upload");
-      if (req->pp_error == PP_TOO_MANY) return reply_error(conn, req, 400, "too many multipart parts");
-      if (req->pp_error) return reply_error(conn, req, 400, "malformed multipart body");
+      if (req->pp_error == PP_IO) defer_error(req, 500, "could not store the upload");
+      else if (req->pp_error == PP_TOO_MANY) defer_error(req, 400, "too many multipart parts");
+      else if (req->pp_error) defer_error(req, 400, "malformed multipart body");
     } else if (fm_buf_add(&req->body, data, n)) {
-      return reply_error(conn, req, 503, "server out of memory");
+      defer_error(req, 503, "server out of memory");
     }
     return MHD_YES;
   }
   /* final call: the whole request is in */
+  if (req->deferred_status) return reply_error(conn, req, req->deferred_status, req->deferred_detail);
   if (req->state == ST_LOCAL) return reply_local(conn, req);
   if (req->state != ST_BODY) return MHD_YES;
   if (req->multipart) {
@@ -423,7 +456,9 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
   if (!req) return;
   *con_cls = NULL;
   double dur = fm_time_mono() - req->t_start;
-  int status = req->has_response ? req->status : 499; /* 499: the client went away first */
+  /* 499: the client went away first; 0: libmicrohttpd rejected the request line or headers itself
+   * (it answers 400, 414 or 431 without telling us which) */
+  int status = req->has_response ? req->status : req->state == ST_NEW ? 0 : 499;
   const char *route = req->resp_route[0] ? req->resp_route : req->route ? req->route : "unmatched";
   const char *mlabel = method_label(req->method);
   char st[16];
@@ -499,7 +534,8 @@ int fm_http_start(const struct fm_http_config *cfg, fm_http_dispatch_fn dispatch
   g_dispatch_ud = ud;
   size_t pool = cfg->max_header + cfg->max_url + 16 * 1024;
   g_daemon = MHD_start_daemon(
-      flags, (uint16_t)cfg->port, NULL, NULL, on_request, NULL, MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL, MHD_OPTION_SOCK_ADDR, &ss,
+      flags, (uint16_t)cfg->port, NULL, NULL, on_request, NULL, MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL, MHD_OPTION_URI_LOG_CALLBACK, on_uri, NULL,
+      MHD_OPTION_SOCK_ADDR, &ss,
       MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->io_threads, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
       pool, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->idle_timeout_s,
       MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections, MHD_OPTION_NOTIFY_COMPLETED,

@@ -57,6 +57,9 @@ struct fm_request {
   int pp_error;
   size_t received;
   int has_response;
+  size_t raw_uri_len; /* request-target as sent, query included */
+  int deferred_status; /* error to answer once the body has been drained */
+  const char *deferred_detail;
   void *mhd_resp; /* struct MHD_Response *, built by the worker */
 };
 

@@ -60,8 +60,8 @@ static void budget_hook(lua_State *L, lua_Debug *ar) {
   vm->used += HOOK_STEP;
   if (vm->used > vm->budget || vm->abort == FM_VM_ABORT_BUDGET) {
     vm->abort = FM_VM_ABORT_BUDGET;
-    luaL_error(L, "request exceeded its instruction budget (%llu instructions)",
-               (unsigned long long)vm->budget);
+    luaL_error(L, "request exceeded its instruction budget (%I instructions)",
+               (lua_Integer)vm->budget);
   }
 }
 

@@ -1,0 +1,50 @@
+-- Prints docs/CONFIG.md from config.lua's settings table, so the reference cannot drift:
+--   build/faultmaven exec scripts/config-doc.lua > docs/CONFIG.md
+-- spec/unit/config_spec.lua fails when docs/CONFIG.md differs from this output.
+local config = require "config"
+
+local out = {}
+local function p(s) out[#out + 1] = s or "" end
+
+p("# Configuration reference")
+p()
+p("Every setting is an environment variable; `faultmaven serve` flags (`--port`, `--workers`, ...)")
+p("override the variable of the same meaning. `faultmaven check-config` prints the values the engine")
+p("would use and exits 2, naming each bad value, when one is invalid. The engine refuses to start on an")
+p("invalid setting rather than guess.")
+p()
+p("This page is generated from `config.lua` (`build/faultmaven exec scripts/config-doc.lua`); a test")
+p("fails when the two differ.")
+p()
+p("| variable | default | meaning |")
+p("|---|---|---|")
+for _, s in ipairs(config.specs) do
+  local default = s.default_doc
+  if not default then
+    if type(s.default) == "table" then default = table.concat(s.default, ",")
+    else default = tostring(s.default) end
+    if default == "" then default = "(empty)" end
+    default = "`" .. default .. "`"
+  end
+  local kind = s.kind
+  if s.kind == "enum" then kind = table.concat(s.values, " \\| ") end
+  if s.min and s.max then kind = string.format("%s, %s to %s", s.kind,
+      math.tointeger(s.min) or s.min, math.tointeger(s.max) or s.max) end
+  p(string.format("| `%s` | %s | %s (%s) |", s.env, default, s.doc, kind))
+end
+p()
+p("## Notes")
+p()
+p("- Settings are read once at start: the listen address, worker and thread counts and every limit")
+p("  need a restart to change.")
+p("- `FM_HOME` is resolved before `config.lua` is read: the variable, else the current directory when")
+p("  it holds `config.lua`, else the install prefix (`share/faultmaven`).")
+p("- Memory cap and instruction budget: a request whose Lua code allocates past `FM_LUA_MEMORY_MB`")
+p("  gets 503 `request exceeded the Lua memory limit`; one that runs more than")
+p("  `FM_REQUEST_INSTRUCTION_LIMIT` VM instructions gets 500 `request exceeded its instruction")
+p("  budget`. Neither can be caught by `pcall` in handler code. The worker then serves the next request")
+p("  (its VM is rebuilt if memory stays above half the cap after a full collection).")
+p("- Body limits: a route may declare its own (`r:post(path, handler, {max_body = bytes})`); other")
+p("  routes use `FM_MAX_BODY_BYTES`. The limit is checked against `Content-Length` before the body is")
+p("  read and again while a chunked body streams in.")
+io.write(table.concat(out, "\n"), "\n")
