@@ -165,7 +165,10 @@ static int make_vm(struct worker *w, struct fm_err *err) {
 
 static void run_one(struct worker *w, struct fm_request *req) {
   struct fm_err err = {0};
-  fm_log_set_request_id(req->request_id);
+  /* A copy: once fm_http_finish hands the request back, the I/O thread may free it. */
+  char request_id[sizeof req->request_id];
+  memcpy(request_id, req->request_id, sizeof request_id);
+  fm_log_set_request_id(request_id);
   fm_vm_begin_request(w->vm, g_cfg.budget);
   lua_pushcfunction(w->vm->L, l_run_request);
   lua_pushlightuserdata(w->vm->L, req);
@@ -194,7 +197,7 @@ static void run_one(struct worker *w, struct fm_request *req) {
   snprintf(lbl, sizeof lbl, "worker=\"%d\"", w->id);
   fm_metrics_set("fm_lua_memory_bytes", lbl, (double)w->vm->mem_used);
   atomic_fetch_add(&fm_state.requests, 1);
-  fm_http_finish(req);
+  fm_http_finish(req); /* req belongs to the I/O thread from here on */
   if (replace) {
     fm_warn("worker %d: Lua memory still %zu bytes after a full GC, replacing its VM", w->id,
             w->vm->mem_used);

@@ -4,17 +4,21 @@
 local config = require "config"
 
 local out = {}
-local function p(s) out[#out + 1] = s or "" end
+local function p(s) out[#out + 1] = (s or ""):gsub("\n$", "") end
 
 p("# Configuration reference")
 p()
-p("Every setting is an environment variable; `faultmaven serve` flags (`--port`, `--workers`, ...)")
-p("override the variable of the same meaning. `faultmaven check-config` prints the values the engine")
-p("would use and exits 2, naming each bad value, when one is invalid. The engine refuses to start on an")
-p("invalid setting rather than guess.")
+p([[
+Every setting is an environment variable; `faultmaven serve` flags (`--port`, `--workers`, ...)
+override the variable of the same meaning. `faultmaven check-config` prints the values the
+engine would use and exits 2, naming each bad value, when one is invalid. The engine refuses to
+start on an invalid setting rather than guess.
+]])
 p()
-p("This page is generated from `config.lua` (`build/faultmaven exec scripts/config-doc.lua`); a test")
-p("fails when the two differ.")
+p([[
+This page is generated from `config.lua` (`build/faultmaven exec scripts/config-doc.lua`); a
+test fails when the two differ.
+]])
 p()
 p("| variable | default | meaning |")
 p("|---|---|---|")
@@ -33,18 +37,22 @@ for _, s in ipairs(config.specs) do
   p(string.format("| `%s` | %s | %s (%s) |", s.env, default, s.doc, kind))
 end
 p()
-p("## Notes")
+p([[
+## Notes
+]])
 p()
-p("- Settings are read once at start: the listen address, worker and thread counts and every limit")
-p("  need a restart to change.")
-p("- `FM_HOME` is resolved before `config.lua` is read: the variable, else the current directory when")
-p("  it holds `config.lua`, else the install prefix (`share/faultmaven`).")
-p("- Memory cap and instruction budget: a request whose Lua code allocates past `FM_LUA_MEMORY_MB`")
-p("  gets 503 `request exceeded the Lua memory limit`; one that runs more than")
-p("  `FM_REQUEST_INSTRUCTION_LIMIT` VM instructions gets 500 `request exceeded its instruction")
-p("  budget`. Neither can be caught by `pcall` in handler code. The worker then serves the next request")
-p("  (its VM is rebuilt if memory stays above half the cap after a full collection).")
-p("- Body limits: a route may declare its own (`r:post(path, handler, {max_body = bytes})`); other")
-p("  routes use `FM_MAX_BODY_BYTES`. The limit is checked against `Content-Length` before the body is")
-p("  read and again while a chunked body streams in.")
+p([[
+- Settings are read once at start: the listen address, worker and thread counts and every limit
+  need a restart to change.
+- `FM_HOME` is resolved before `config.lua` is read: the variable, else the current directory
+  when it holds `config.lua`, else the install prefix (`share/faultmaven`).
+- Memory cap and instruction budget: a request whose Lua code allocates past `FM_LUA_MEMORY_MB`
+  gets 503 `request exceeded the Lua memory limit`; one that runs more than
+  `FM_REQUEST_INSTRUCTION_LIMIT` VM instructions gets 500 `request exceeded its instruction
+  budget`. Neither can be caught by `pcall` in handler code. The worker then serves the next
+  request (its VM is rebuilt if memory stays above half the cap after a full collection).
+- Body limits: a route may declare its own (`r:post(path, handler, {max_body = bytes})`); other
+  routes use `FM_MAX_BODY_BYTES`. The limit is checked against `Content-Length` before the body
+  is read and again while a chunked body streams in.
+]])
 io.write(table.concat(out, "\n"), "\n")

@@ -72,7 +72,7 @@ function M.handle(req)
       headers["Content-Type"] = "text/plain; charset=utf-8"
     end
   elseif body ~= nil then
-    error("handler for " .. req.method .. " " .. req.path .. " returned a " .. type(body) .. " body")
+    error(string.format("handler for %s %s returned a %s body", req.method, req.path, type(body)))
   end
   return status, headers, out, route and route.pattern or "unmatched"
 end

@@ -65,7 +65,9 @@ function M:add(method, pattern, handler, opts)
 end
 
 for _, m in ipairs(METHODS) do
-  M[m:lower()] = function(self, pattern, handler, opts) return self:add(m, pattern, handler, opts) end
+  M[m:lower()] = function(self, pattern, handler, opts)
+    return self:add(m, pattern, handler, opts)
+  end
 end
 
 local function match_segs(route, segs)

@@ -40,7 +40,8 @@ describe("config.resolve", function()
   end)
 
   it("splits lists and trims their items", function()
-    local s = assert(config.resolve(env { CORS_ALLOW_ORIGINS = " https://a.example , ,https://b.example" }))
+    local origins = " https://a.example , ,https://b.example"
+    local s = assert(config.resolve(env { CORS_ALLOW_ORIGINS = origins }))
     assert.same({ "https://a.example", "https://b.example" }, s.cors_allow_origins)
   end)
 
@@ -56,6 +57,18 @@ describe("config.resolve", function()
     ok, text = config.check(env { FM_PORT = "99999" })
     assert.is_false(ok)
     assert.matches("FM_PORT: expected 0 to 65535, got '99999'", text, 1, true)
+  end)
+end)
+
+describe("config.check", function()
+  it("masks secrets", function()
+    table.insert(config.specs, { env = "FM_TEST_SECRET", key = "test_secret", kind = "string",
+                                 default = "", secret = true, doc = "test only" })
+    local ok, text = config.check(env { FM_TEST_SECRET = "hunter2-very-secret" })
+    table.remove(config.specs)
+    assert.is_true(ok)
+    assert.matches("FM_TEST_SECRET%s+%*%*%*%*%*%*%*%*", text)
+    assert.not_matches("hunter2", text, 1, true)
   end)
 end)
 

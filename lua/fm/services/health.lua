@@ -31,7 +31,8 @@ function M.check_all()
   for _, name in ipairs(order) do
     local c = run(name)
     components[name] = c
-    if (rank[c.status] or 2) > rank[worst] then worst = rank[c.status] and c.status or "unhealthy" end
+    local r = rank[c.status] or rank.unhealthy
+    if r > rank[worst] then worst = rank[c.status] and c.status or "unhealthy" end
   end
   return worst, components
 end
