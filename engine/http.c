@@ -1,5 +1,6 @@
 #include "http.h"
 
+#include "cors.h"
 #include "log.h"
 #include "metrics.h"
 #include "util.h"
@@ -103,6 +104,19 @@ const char *fm_request_header(const struct fm_request *req, const char *lname) {
 
 /* ---- responses ----------------------------------------------------------------------------- */
 
+/* CORS response headers for an allowed Origin, on every answer (Lua's or C's own), unless the
+ * handler set them itself. */
+static void add_cors(const struct fm_request *req, struct MHD_Response *r) {
+  const char *origin = fm_request_header(req, "origin");
+  if (!origin || !fm_cors_allowed(origin)) return;
+  for (size_t i = 0; i < req->nresp_headers; i++)
+    if (strcasecmp(req->resp_headers[i].key, "Access-Control-Allow-Origin") == 0) return;
+  MHD_add_response_header(r, "Access-Control-Allow-Origin", origin);
+  MHD_add_response_header(r, "Access-Control-Allow-Credentials", "true");
+  MHD_add_response_header(r, "Access-Control-Expose-Headers", fm_cors_expose_headers());
+  MHD_add_response_header(r, "Vary", "Origin");
+}
+
 static struct MHD_Response *build_response(struct fm_request *req) {
   size_t len = 0;
   char *body = fm_buf_steal(&req->resp_body, &len);
@@ -121,6 +135,7 @@ static struct MHD_Response *build_response(struct fm_request *req) {
       fm_warn("dropped invalid response header %s", h->key);
   }
   MHD_add_response_header(r, "X-Request-Id", req->request_id);
+  add_cors(req, r);
   req->resp_body.len = len; /* remembered for the access log; storage now belongs to MHD */
   return r;
 }
@@ -167,9 +182,14 @@ static enum MHD_Result reply_error(struct MHD_Connection *conn, struct fm_reques
 static enum MHD_Result reply_local(struct MHD_Connection *conn, struct fm_request *req) {
   int is_get = strcmp(req->method, "GET") == 0 || strcmp(req->method, "HEAD") == 0;
   snprintf(req->resp_route, sizeof req->resp_route, "%s", req->path);
+  if (strcmp(req->method, "OPTIONS") == 0) {
+    req->status = 204;
+    fm_request_add_header(req, "Allow", "GET, HEAD, OPTIONS");
+    return queue(conn, req, build_response(req));
+  }
   if (!is_get) {
     set_error(req, 405, "method not allowed");
-    fm_request_add_header(req, "Allow", "GET, HEAD");
+    fm_request_add_header(req, "Allow", "GET, HEAD, OPTIONS");
     return queue(conn, req, build_response(req));
   }
   fm_request_add_header(req, "Content-Type", "application/json");
@@ -300,6 +320,22 @@ io:
   return MHD_NO;
 }
 
+/* RFC 2046: boundary := 1*70 characters, optionally quoted in the header. */
+static int valid_boundary(const char *ctype) {
+  const char *b = strcasestr(ctype, "boundary=");
+  if (!b) return 0;
+  b += 9;
+  size_t n;
+  if (*b == '"') {
+    const char *end = strchr(b + 1, '"');
+    if (!end) return 0;
+    n = (size_t)(end - b - 1);
+  } else {
+    n = strcspn(b, "; \t");
+  }
+  return n >= 1 && n <= 70;
+}
+
 static const char *method_label(const char *m) {
   static const char *const known[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"};
   for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
@@ -357,6 +393,8 @@ static enum MHD_Result first_call(struct MHD_Connection *conn, struct fm_request
   }
   ctype = fm_request_header(req, "content-type");
   if (ctype && strncasecmp(ctype, "multipart/form-data", 19) == 0) {
+    if (!valid_boundary(ctype))
+      return reply_error(conn, req, 400, "multipart Content-Type needs a boundary of 1 to 70 characters");
     req->multipart = 1;
     req->pp = MHD_create_post_processor(conn, 16 * 1024, on_part, req);
     if (!req->pp) return reply_error(conn, req, 400, "malformed multipart Content-Type (no boundary)");
@@ -438,6 +476,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     req->pp = NULL;
     if (complete != MHD_YES || req->pp_error)
       return reply_error(conn, req, 400, "malformed or truncated multipart body");
+    if (req->nparts == 0) return reply_error(conn, req, 400, "multipart body has no parts");
     for (size_t i = 0; i < req->nparts; i++)
       if (req->parts[i].fd >= 0) {
         close(req->parts[i].fd);
@@ -483,7 +522,9 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     fm_buf_adds(&f, ",\"route\":");
     fm_buf_add_json_str(&f, route, strlen(route));
     fm_buf_adds(&f, ",\"path\":");
-    fm_buf_add_json_str(&f, req->path ? req->path : "", req->path ? strlen(req->path) : 0);
+    size_t plen = req->path ? strlen(req->path) : 0;
+    fm_buf_add_json_str(&f, req->path ? req->path : "", plen > 512 ? 512 : plen); /* bounded */
+    if (plen > 512) fm_buf_adds(&f, ",\"path_truncated\":true");
     fm_buf_printf(&f, ",\"status\":%d,\"bytes\":%zu,\"duration_ms\":%.3f,\"remote_addr\":\"%s\"",
                   status, req->resp_body.len, dur * 1000.0, req->remote_addr);
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) fm_buf_adds(&f, ",\"aborted\":true");

@@ -1,4 +1,5 @@
 /* fm.engine: facts about the running engine for health, metrics and the REPL. */
+#include "cors.h"
 #include "http.h"
 #include "log.h"
 #include "state.h"
@@ -57,8 +58,16 @@ static int l_engine_cpu_count(lua_State *L) {
   return 1;
 }
 
-static const luaL_Reg funcs[] = {
-    {"info", l_engine_info}, {"cpu_count", l_engine_cpu_count}, {NULL, NULL}};
+/* cors_allowed(origin) -> boolean: the policy C applies to every response. */
+static int l_engine_cors_allowed(lua_State *L) {
+  lua_pushboolean(L, fm_cors_allowed(luaL_optstring(L, 1, NULL)));
+  return 1;
+}
+
+static const luaL_Reg funcs[] = {{"info", l_engine_info},
+                                 {"cpu_count", l_engine_cpu_count},
+                                 {"cors_allowed", l_engine_cors_allowed},
+                                 {NULL, NULL}};
 
 int luaopen_fm_engine(lua_State *L);
 int luaopen_fm_engine(lua_State *L) {

@@ -1,4 +1,5 @@
 /* main.c: the faultmaven command line and the serve lifecycle. */
+#include "cors.h"
 #include "http.h"
 #include "httpc.h"
 #include "log.h"
@@ -194,7 +195,18 @@ static int load_settings(struct fm_vm *vm, struct settings *s, struct fm_err *er
   s->max_header = (size_t)get_int(L, "max_header_bytes");
   s->idle_timeout_s = (int)get_int(L, "http_idle_timeout_s");
   s->max_connections = (int)get_int(L, "http_max_connections");
-  lua_pop(L, 1);
+  lua_getfield(L, -1, "cors_allow_origins");
+  size_t n = lua_istable(L, -1) ? lua_rawlen(L, -1) : 0;
+  const char *origins[256];
+  if (n > 256) n = 256;
+  for (size_t i = 0; i < n; i++) {
+    lua_rawgeti(L, -1, (lua_Integer)i + 1);
+    origins[i] = lua_tostring(L, -1);
+    lua_pop(L, 1); /* still referenced by the list */
+  }
+  int rc = fm_cors_configure(origins, n);
+  lua_pop(L, 2);
+  if (rc) return fm_err_set(err, FM_E_NOMEM, "out of memory");
   if (s->log_level < 0) s->log_level = FM_LOG_INFO;
   return 0;
 }
@@ -366,6 +378,7 @@ static int cmd_serve(void) {
   fm_routes_free(routes);
   fm_httpc_global_cleanup();
   fm_metrics_reset();
+  fm_cors_reset();
   fm_info("stopped");
   return 0;
 

@@ -1,0 +1,461 @@
+-- The one front door for specs: `local helpers = require "spec.helpers"`.
+--
+-- Specs run inside the engine (`faultmaven exec /usr/bin/busted spec/...`) from the repository
+-- root; `.busted` prefixes the Lua path with `./?.lua;./?/init.lua;./spec/fixtures/lua/?.lua` so
+-- this module and the fixtures resolve. The path tweak below repeats that (with absolute paths)
+-- for a runner started some other way, once this file itself was found.
+--
+-- What is here:
+--   helpers.root                            repository root (FM_SOURCE_DIR, else found from here)
+--   helpers.bin()                           engine binary: FM_BIN or <root>/build/faultmaven
+--   helpers.free_port()                     a free loopback TCP port
+--   helpers.tmpdir(prefix)                  a new temp dir, removed by helpers.cleanup()
+--   helpers.wait_until(fn, timeout, step)   poll fn until it returns a truthy value
+--   helpers.sleep(s), helpers.now()         wall-clock helpers (monotonic where available)
+--   helpers.shell(cmd)                      run a shell command: ok, exit code, output
+--   helpers.spawn{argv, env, stdout, stderr, cwd}   a child process over fm.proc
+--   helpers.engine.start(opts)              a real `faultmaven serve` on a free port
+--   helpers.http                            raw HTTP/1.1 keep-alive client (spec/helpers/http.lua)
+--   helpers.cleanup()                       stop every child still running, remove temp dirs
+--
+-- Later issues add servers the same way as helpers.engine: a table with `start(opts)` that picks a
+-- free port and a temp dir with helpers.free_port()/helpers.tmpdir(), launches the server with
+-- helpers.spawn (logs to a file in the temp dir), waits with helpers.wait_until until it answers,
+-- and returns an object with `port`, `url`/`dsn`, `log()` and `stop()`; helpers.cleanup() already
+-- stops whatever helpers.spawn started. Planned: helpers.postgres.start() (initdb + postgres),
+-- helpers.redis.start(), helpers.sentinel.start() (redis-sentinel against a started redis),
+-- helpers.s3.start() (s3rver). They are not implemented yet.
+
+local socket = require "socket"
+local http = require "spec.helpers.http"
+
+local helpers = {}
+
+helpers.http = http
+
+-- Repository root: FM_SOURCE_DIR, else derived from this file's path, else the cwd.
+local function shell_quote(s)
+  return "'" .. tostring(s):gsub("'", [['\'']]) .. "'"
+end
+helpers.shell_quote = shell_quote
+
+local function cwd()
+  local p = io.popen("pwd")
+  local dir = p and p:read("l")
+  if p then p:close() end
+  return dir or "."
+end
+
+local function find_root()
+  local env = os.getenv("FM_SOURCE_DIR")
+  if env and env ~= "" then return (env:gsub("/+$", "")) end
+  local src = debug.getinfo(1, "S").source
+  local file = src:match("^@(.*)$")
+  if file then
+    local dir = file:match("^(.*)/spec/helpers/init%.lua$")
+    if dir then
+      if dir:sub(1, 1) == "/" then return dir end
+      if dir == "." or dir == "" then return cwd() end
+      return cwd() .. "/" .. dir:gsub("^%./", "")
+    end
+  end
+  return cwd()
+end
+
+helpers.root = find_root()
+
+do
+  local extra = helpers.root .. "/?.lua;" .. helpers.root .. "/?/init.lua;"
+    .. helpers.root .. "/spec/fixtures/lua/?.lua;"
+  if not package.path:find(helpers.root .. "/?.lua;", 1, true) then
+    package.path = extra .. package.path
+  end
+end
+
+-- The engine binary under test.
+function helpers.bin()
+  local bin = os.getenv("FM_BIN")
+  if bin and bin ~= "" then return bin end
+  return helpers.root .. "/build/faultmaven"
+end
+
+local fmtime do
+  local ok, mod = pcall(require, "fm.time")
+  fmtime = ok and mod or nil
+end
+
+-- Monotonic seconds when the engine provides them, else wall clock.
+function helpers.now()
+  if fmtime and fmtime.monotonic then return fmtime.monotonic() end
+  return socket.gettime()
+end
+
+function helpers.sleep(s)
+  if fmtime and fmtime.sleep then return fmtime.sleep(s) end
+  return socket.sleep(s)
+end
+
+-- Polls fn() every step_s (default 0.05) until it returns a truthy value, for at most timeout_s
+-- (default 10). Returns what fn returned; raises "wait_until: timed out ..." (with the last error
+-- fn raised, if any) otherwise. Errors raised by fn count as "not yet".
+function helpers.wait_until(fn, timeout_s, step_s)
+  timeout_s = timeout_s or 10
+  step_s = step_s or 0.05
+  local deadline = helpers.now() + timeout_s
+  local last_err
+  while true do
+    local ok, a, b, c = pcall(fn)
+    if ok and a then return a, b, c end
+    if not ok then last_err = a end
+    if helpers.now() >= deadline then
+      error(("wait_until: timed out after %.1fs%s"):format(timeout_s,
+        last_err and (" (last error: " .. tostring(last_err) .. ")") or ""), 2)
+    end
+    helpers.sleep(step_s)
+  end
+end
+
+-- A loopback TCP port nobody listens on right now (bind to port 0, read it, close).
+function helpers.free_port()
+  local server = assert(socket.bind("127.0.0.1", 0))
+  local _, port = server:getsockname()
+  server:close()
+  return tonumber(port)
+end
+
+-- Runs a shell command. Returns ok (exit status 0), the exit code (or signal number), the output
+-- (stdout; add 2>&1 to the command for stderr).
+function helpers.shell(cmd)
+  local p = assert(io.popen(cmd, "r"))
+  local out = p:read("a")
+  local ok, _, code = p:close()
+  return ok == true, code, out
+end
+
+local tmpdirs = {}
+
+-- Creates a fresh directory under $TMPDIR (or /tmp) named <prefix>XXXXXX; removed by
+-- helpers.cleanup() unless FM_SPEC_KEEP_TMP is set. Returns its absolute path.
+function helpers.tmpdir(prefix)
+  prefix = prefix or "fm-spec-"
+  assert(prefix:match("^[%w_.-]+$"), "tmpdir prefix must be [A-Za-z0-9_.-]")
+  local base = os.getenv("TMPDIR")
+  if not base or base == "" then base = "/tmp" end
+  local ok, _, out = helpers.shell("mktemp -d " .. shell_quote(base .. "/" .. prefix .. "XXXXXX"))
+  local dir = out and out:match("^(%S+)")
+  assert(ok and dir, "mktemp -d failed")
+  tmpdirs[#tmpdirs + 1] = dir
+  return dir
+end
+
+function helpers.mkdir(path)
+  local ok = helpers.shell("mkdir -p " .. shell_quote(path))
+  assert(ok, "mkdir -p failed: " .. path)
+  return path
+end
+
+-- Names of the entries of a directory (not recursive, no . and ..), sorted; {} if it is missing.
+function helpers.listdir(path)
+  local _, _, out = helpers.shell("ls -A " .. shell_quote(path) .. " 2>/dev/null")
+  local names = {}
+  for name in (out or ""):gmatch("[^\n]+") do names[#names + 1] = name end
+  table.sort(names)
+  return names
+end
+
+function helpers.read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+function helpers.write_file(path, data)
+  local f = assert(io.open(path, "wb"))
+  assert(f:write(data))
+  f:close()
+  return path
+end
+
+function helpers.file_exists(path)
+  local f = io.open(path, "rb")
+  if f then f:close() return true end
+  return false
+end
+
+-- ------------------------------------------------------------------------------------------------
+-- Processes
+
+local proc_mod
+local function fmproc()
+  if not proc_mod then
+    local ok, mod = pcall(require, "fm.proc")
+    if not ok then
+      error("fm.proc is not available: run specs with `faultmaven exec /usr/bin/busted ...`", 3)
+    end
+    proc_mod = mod
+  end
+  return proc_mod
+end
+
+local Proc = {}
+Proc.__index = Proc
+
+local procs = {}
+
+-- Starts a child process.
+--   argv    array, argv[1] is the program (absolute path or looked up in PATH by fm.proc)
+--   env     map NAME -> value merged over the current environment (false removes a name)
+--   stdout, stderr  file paths (may be the same file)
+--   cwd     working directory
+-- Returns a Proc with fields pid, argv and methods wait/stop/kill/signal/alive. Raises on failure.
+function helpers.spawn(opts)
+  assert(type(opts) == "table" and type(opts.argv) == "table", "spawn{argv=...} required")
+  -- fm.proc merges env over the current environment itself (false removes a name)
+  local env = {}
+  for k, v in pairs(opts.env or {}) do
+    if v == false then env[k] = false else env[k] = tostring(v) end
+  end
+  local pid, err = fmproc().spawn({
+    argv = opts.argv,
+    env = env,
+    stdout = opts.stdout,
+    stderr = opts.stderr,
+    cwd = opts.cwd,
+  })
+  if not pid then
+    error(("spawn %s failed: %s"):format(tostring(opts.argv[1]), tostring(err)), 2)
+  end
+  local p = setmetatable({ pid = pid, argv = opts.argv }, Proc)
+  procs[#procs + 1] = p
+  return p
+end
+
+-- Waits for the process to end, at most timeout seconds (default 0: just look).
+-- Returns "exit"|"signal", code; or nil, "timeout" when it is still running.
+function Proc:wait(timeout)
+  if self.how then return self.how, self.code end
+  local how, code = fmproc().wait(self.pid, timeout or 0)
+  if not how then return nil, code or "timeout" end
+  self.how, self.code = how, code
+  return how, code
+end
+
+function Proc:alive()
+  return self:wait(0) == nil
+end
+
+-- Sends a signal ("TERM", "INT", "KILL", "HUP" or a number) without waiting.
+function Proc:signal(sig)
+  if self.how then return nil, "process already ended" end
+  return fmproc().kill(self.pid, sig or "TERM")
+end
+
+-- Sends sig (default "TERM") and waits up to timeout (default 15) seconds for the exit.
+-- Returns "exit"|"signal", code. If the process outlives the timeout it is killed with SIGKILL and
+-- stop returns nil, "timeout" so a spec asserting a clean stop fails.
+function Proc:stop(sig, timeout)
+  if self.how then return self.how, self.code end
+  self:signal(sig or "TERM")
+  local how, code = self:wait(timeout or 15)
+  if how then return how, code end
+  self:kill()
+  return nil, "timeout"
+end
+
+-- SIGKILL and reap. Returns "exit"|"signal", code.
+function Proc:kill()
+  if self.how then return self.how, self.code end
+  self:signal("KILL")
+  return self:wait(10)
+end
+
+-- ------------------------------------------------------------------------------------------------
+-- The engine
+
+local Engine = {}
+Engine.__index = Engine
+
+helpers.engine = {}
+
+-- Reads the whole engine log (stdout + stderr).
+function Engine:log()
+  return helpers.read_file(self.log_path) or ""
+end
+
+-- The last n lines of the log, as one string.
+function Engine:log_tail(n)
+  local lines = {}
+  for line in self:log():gmatch("[^\n]+") do lines[#lines + 1] = line end
+  local from = math.max(1, #lines - (n or 40) + 1)
+  return table.concat(lines, "\n", from)
+end
+
+-- The JSON log lines, decoded (lines that are not JSON objects are skipped), each with `_raw`.
+function Engine:log_entries()
+  local out = {}
+  for line in self:log():gmatch("[^\n]+") do
+    if line:sub(1, 1) == "{" then
+      local ok, entry = pcall(http.json_decode, line)
+      if ok and type(entry) == "table" then
+        entry._raw = line
+        out[#out + 1] = entry
+      end
+    end
+  end
+  return out
+end
+
+-- Waits (default 5 s) until a log entry satisfies pred(entry) and returns it; raises otherwise.
+function Engine:wait_log(pred, timeout)
+  return helpers.wait_until(function()
+    for _, entry in ipairs(self:log_entries()) do
+      if pred(entry) then return entry end
+    end
+    return nil
+  end, timeout or 5)
+end
+
+-- A new keep-alive connection to the engine (raises if it cannot connect).
+function Engine:client(opts)
+  return assert(http.connect(self.host, self.port, opts))
+end
+
+-- One request on a fresh connection: engine:request("GET", "/", {headers=..., body=...}).
+-- Returns res or nil, err.
+function Engine:request(method, path, opts)
+  return http.request(self.host, self.port, method, path, opts)
+end
+
+for _, m in ipairs({ "get", "post", "put", "patch", "delete", "head", "options" }) do
+  Engine[m] = function(self, path, opts)
+    return self:request(m:upper(), path, opts)
+  end
+end
+
+function Engine:alive()
+  return self.proc:alive()
+end
+
+function Engine:signal(sig)
+  return self.proc:signal(sig)
+end
+
+function Engine:wait(timeout)
+  return self.proc:wait(timeout)
+end
+
+-- Stops the engine: sig (default "TERM"), at most timeout seconds (default 15) before SIGKILL.
+-- Returns "exit"|"signal", code, or nil, "timeout".
+function Engine:stop(sig, timeout)
+  return self.proc:stop(sig or "TERM", timeout or 15)
+end
+
+function Engine:_wait_ready(timeout)
+  local deadline = helpers.now() + timeout
+  local last = "no answer"
+  while helpers.now() < deadline do
+    local how, code = self.proc:wait(0)
+    if how then
+      return nil, ("engine exited before it was ready (%s %s)"):format(how, tostring(code))
+    end
+    local res, err = http.request(self.host, self.port, "GET", "/readiness", { timeout = 2 })
+    if res and res.status == 200 then return true end
+    last = res and ("GET /readiness -> " .. res.status) or tostring(err)
+    helpers.sleep(0.05)
+  end
+  return nil, ("engine not ready after %ss (last: %s)"):format(timeout, last)
+end
+
+-- Starts `faultmaven serve` on a free loopback port with a fresh data dir and the test routes.
+--   opts.env    map of extra/overriding environment (false removes a name)
+--   opts.args   extra command-line arguments after `serve`
+--   opts.ready_timeout  seconds to wait for GET /readiness == 200 (default 15)
+-- Returns an engine object: port, host, url, pid, dir, data_dir, log_path, and methods log(),
+-- log_entries(), wait_log(pred), client(), request()/get()/post()/..., signal(), wait(), stop().
+-- Raises with the log tail if the engine does not become ready.
+function helpers.engine.start(opts)
+  opts = opts or {}
+  local port = helpers.free_port()
+  local dir = helpers.tmpdir("fm-engine-")
+  local data_dir = helpers.mkdir(dir .. "/data")
+  local log_path = dir .. "/engine.log"
+  local env = {
+    FM_PORT = tostring(port),
+    FM_HOST = "127.0.0.1",
+    FM_DATA_DIR = data_dir,
+    FM_HOME = helpers.root,
+    FM_LUA_PATH = helpers.root .. "/spec/fixtures/lua/?.lua",
+    FM_EXTRA_ROUTES = "fm_test.routes",
+    LOG_LEVEL = "debug",
+  }
+  for k, v in pairs(opts.env or {}) do env[k] = v end
+  local argv = { helpers.bin(), "serve" }
+  for _, a in ipairs(opts.args or {}) do argv[#argv + 1] = a end
+
+  local p = helpers.spawn({
+    argv = argv, env = env, stdout = log_path, stderr = log_path, cwd = helpers.root,
+  })
+  local e = setmetatable({
+    proc = p,
+    pid = p.pid,
+    host = "127.0.0.1",
+    port = port,
+    url = ("http://127.0.0.1:%d"):format(port),
+    dir = dir,
+    data_dir = data_dir,
+    log_path = log_path,
+    env = env,
+  }, Engine)
+  local ok, err = e:_wait_ready(opts.ready_timeout or 15)
+  if not ok then
+    p:kill()
+    error(("%s\n--- %s (tail) ---\n%s"):format(err, log_path, e:log_tail(40)), 2)
+  end
+  return e
+end
+
+-- ------------------------------------------------------------------------------------------------
+-- Small assertions helpers
+
+-- The comma-separated tokens of a header value, lower-cased, as a set:
+-- tokens("GET, HEAD").get == true.
+function helpers.tokens(value)
+  local set = {}
+  for t in (value or ""):gmatch("[^,%s]+") do set[t:lower()] = true end
+  return set
+end
+
+-- True when s is a generated request id: 32 lower- or upper-case hex digits.
+function helpers.is_hex_id(s)
+  return type(s) == "string" and #s == 32 and s:match("^%x+$") ~= nil
+end
+
+-- ------------------------------------------------------------------------------------------------
+-- Cleanup
+
+-- Stops every process helpers.spawn started that still runs (TERM, then KILL after 5 s) and removes
+-- the temp dirs (kept when FM_SPEC_KEEP_TMP is set). Call it from lazy_teardown/teardown.
+function helpers.cleanup()
+  for i = #procs, 1, -1 do
+    local p = procs[i]
+    if not p.how then p:stop("TERM", 5) end
+    procs[i] = nil
+  end
+  local keep = os.getenv("FM_SPEC_KEEP_TMP")
+  for i = #tmpdirs, 1, -1 do
+    local dir = tmpdirs[i]
+    if keep and keep ~= "" then
+      io.stderr:write("FM_SPEC_KEEP_TMP: kept ", dir, "\n")
+    else
+      helpers.shell("rm -rf -- " .. shell_quote(dir))
+    end
+    tmpdirs[i] = nil
+  end
+end
+
+-- Safety net: if a spec file forgets cleanup or busted exits early, close the state cleans up.
+helpers._guard = setmetatable({}, { __gc = function() pcall(helpers.cleanup) end })
+
+return helpers
