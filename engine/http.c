@@ -580,7 +580,9 @@ int fm_http_start(const struct fm_http_config *cfg, fm_http_dispatch_fn dispatch
       MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->io_threads, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
       pool, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->idle_timeout_s,
       MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections, MHD_OPTION_NOTIFY_COMPLETED,
-      on_completed, NULL, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u, MHD_OPTION_END);
+      on_completed, NULL, MHD_OPTION_END);
+  /* No MHD_OPTION_LISTENING_ADDRESS_REUSE: 1 would set SO_REUSEPORT and let a second engine share
+   * the port silently; libmicrohttpd's default (SO_REUSEADDR) is what a restart needs. */
   if (!g_daemon)
     return fm_err_set(err, FM_E_IO, "cannot listen on %s:%d (in use, or not an address of this host)",
                       cfg->host, cfg->port);

@@ -280,6 +280,8 @@ static int cmd_serve(void) {
   struct fm_vm *boot = boot_vm(&err);
   if (!boot) goto fail;
   if (load_settings(boot, &s, &err)) {
+    char *tb = strstr(err.msg, "\nstack traceback:"); /* the message says it all */
+    if (tb) *tb = '\0';
     fm_vm_free(boot);
     fprintf(stderr, "faultmaven: %s\n", err.msg);
     return 2;
