@@ -68,6 +68,49 @@ int fm_random_hex(char *out, size_t outsz, size_t nbytes) {
   return 0;
 }
 
+static _Thread_local uint64_t t_rng[4];
+static _Thread_local int t_rng_seeded;
+
+static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+static uint64_t xoshiro_next(void) {
+  uint64_t *s = t_rng;
+  uint64_t result = rotl(s[1] * 5, 7) * 9;
+  uint64_t t = s[1] << 17;
+  s[2] ^= s[0];
+  s[3] ^= s[1];
+  s[1] ^= s[2];
+  s[0] ^= s[3];
+  s[2] ^= t;
+  s[3] = rotl(s[3], 45);
+  return result;
+}
+
+void fm_fast_id_hex(char *out, size_t outsz) {
+  static const char hex[] = "0123456789abcdef";
+  if (outsz < 33) {
+    if (outsz) out[0] = '\0';
+    return;
+  }
+  if (!t_rng_seeded) {
+    if (fm_random_bytes(t_rng, sizeof t_rng) != 0) {
+      /* no kernel randomness: time and address still keep threads apart */
+      t_rng[0] = (uint64_t)(fm_time_now() * 1e9);
+      t_rng[1] = (uint64_t)(uintptr_t)&t_rng;
+      t_rng[2] = 0x9e3779b97f4a7c15ULL;
+      t_rng[3] = (uint64_t)(fm_time_mono() * 1e9);
+    }
+    t_rng_seeded = 1;
+  }
+  uint64_t v[2] = {xoshiro_next(), xoshiro_next()};
+  for (int i = 0; i < 16; i++) {
+    unsigned b = (unsigned)(v[i / 8] >> ((i % 8) * 8)) & 0xff;
+    out[2 * i] = hex[b >> 4];
+    out[2 * i + 1] = hex[b & 15];
+  }
+  out[32] = '\0';
+}
+
 int fm_parse_long(const char *s, long min, long max, long *out) {
   if (!s || !*s) return FM_E_INVAL;
   char *end;

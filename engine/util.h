@@ -21,6 +21,11 @@ int fm_random_bytes(void *p, size_t n);
 /* Writes 2*nbytes lower-case hex characters plus NUL into out (outsz >= 2*nbytes+1). */
 int fm_random_hex(char *out, size_t outsz, size_t nbytes);
 
+/* Writes 32 lower-case hex characters plus NUL into out (outsz >= 33): an id that is unique, not
+ * secret (request ids). A per-thread xoshiro256** generator seeded from the kernel, so it costs
+ * no system call. For secrets use fm_random_bytes. */
+void fm_fast_id_hex(char *out, size_t outsz);
+
 /* Parses a base-10 integer in [min,max]; returns 0 or FM_E_INVAL. */
 int fm_parse_long(const char *s, long min, long max, long *out);
 /* mkdir -p with mode for new directories. Returns 0 or FM_E_IO (err set). */

@@ -18,6 +18,7 @@ struct worker {
   struct fm_vm *vm;
   int handle_ref;
   int started;
+  char label[32]; /* worker="N" for the per-worker metrics */
   struct fm_err err;
 };
 
@@ -193,9 +194,7 @@ static void run_one(struct worker *w, struct fm_request *req) {
       fm_request_set_error(req, 500, "internal error");
     }
   }
-  char lbl[32];
-  snprintf(lbl, sizeof lbl, "worker=\"%d\"", w->id);
-  fm_metrics_set("fm_lua_memory_bytes", lbl, (double)w->vm->mem_used);
+  fm_metrics_set("fm_lua_memory_bytes", w->label, (double)w->vm->mem_used);
   atomic_fetch_add(&fm_state.requests, 1);
   fm_http_finish(req); /* req belongs to the I/O thread from here on */
   if (replace) {
@@ -223,9 +222,7 @@ static void *worker_main(void *arg) {
   pthread_cond_broadcast(&g_started_cv);
   pthread_mutex_unlock(&g_mu);
   if (rc) return NULL;
-  char lbl[32];
-  snprintf(lbl, sizeof lbl, "worker=\"%d\"", w->id);
-  fm_metrics_set("fm_lua_memory_bytes", lbl, (double)w->vm->mem_used);
+  fm_metrics_set("fm_lua_memory_bytes", w->label, (double)w->vm->mem_used);
 
   for (;;) {
     pthread_mutex_lock(&g_mu);
@@ -274,6 +271,7 @@ int fm_workers_start(const struct fm_workers_config *cfg, struct fm_err *err) {
   int spawned = 0;
   for (int i = 0; i < cfg->count; i++) {
     g_workers[i].id = i;
+    snprintf(g_workers[i].label, sizeof g_workers[i].label, "worker=\"%d\"", i);
     if (pthread_create(&g_workers[i].thread, NULL, worker_main, &g_workers[i]) != 0) break;
     g_workers[i].started = 1;
     spawned++;

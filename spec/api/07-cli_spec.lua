@@ -43,7 +43,8 @@ describe("faultmaven CLI", function()
   end)
 
   it("serve refuses an invalid setting with exit 2 and no traceback", function()
-    local code, _, err = run({ bin, "serve" }, { FM_WORKERS = "-3", FM_DATA_DIR = helpers.tmpdir() })
+    local env = { FM_WORKERS = "-3", FM_DATA_DIR = helpers.tmpdir() }
+    local code, _, err = run({ bin, "serve" }, env)
     assert.equal(2, code)
     assert.matches("FM_WORKERS: expected 1 to 512, got '-3'", err, 1, true)
     assert.not_matches("stack traceback", err, 1, true)

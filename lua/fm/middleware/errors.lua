@@ -5,14 +5,18 @@
 local errors = require "fm.errors"
 local log = require "fm.log"
 
+local is_http = errors.is_http
+
+local function on_error(e)
+  if is_http(e) then return e end
+  return debug.traceback(tostring(e), 2)
+end
+
 return function(req, nxt)
-  local ok, status, body, headers = xpcall(nxt, function(e)
-    if errors.is_http(e) then return e end
-    return debug.traceback(tostring(e), 2)
-  end, req)
+  local ok, status, body, headers = xpcall(nxt, on_error, req)
   if ok then return status, body, headers end
   local e = status
-  if errors.is_http(e) then
+  if is_http(e) then
     return e.status, e.body or { detail = e.detail }, e.headers
   end
   log.error("unhandled error in handler", { route = req.route and req.route.pattern, error = e })
