@@ -38,29 +38,28 @@ int fm_http_inflight(void) { return atomic_load(&g_inflight); }
 
 /* ---- request record ------------------------------------------------------------------------ */
 
+/* A key and its value share one allocation (the value follows the key's NUL). */
 static void free_kvs(struct fm_kv *v, size_t n) {
-  for (size_t i = 0; i < n; i++) {
-    free(v[i].key);
-    free(v[i].value);
-  }
+  for (size_t i = 0; i < n; i++) free(v[i].key);
   free(v);
 }
 
 static int push_kv(struct fm_kv **v, size_t *n, const char *k, const char *val, int lower) {
-  struct fm_kv *nv = realloc(*v, (*n + 1) * sizeof **v);
-  if (!nv) return FM_E_NOMEM;
-  *v = nv;
-  char *kc = strdup(k);
-  char *vc = strdup(val ? val : "");
-  if (!kc || !vc) {
-    free(kc);
-    free(vc);
-    return FM_E_NOMEM;
+  if (*n == 0 || (*n >= 8 && (*n & (*n - 1)) == 0)) { /* capacity 8, then doubling */
+    struct fm_kv *nv = realloc(*v, (*n ? *n * 2 : 8) * sizeof **v);
+    if (!nv) return FM_E_NOMEM;
+    *v = nv;
   }
+  if (!val) val = "";
+  size_t kl = strlen(k), vl = strlen(val);
+  char *blk = malloc(kl + vl + 2);
+  if (!blk) return FM_E_NOMEM;
+  memcpy(blk, k, kl + 1);
+  memcpy(blk + kl + 1, val, vl + 1);
   if (lower)
-    for (char *p = kc; *p; p++) *p = (char)tolower((unsigned char)*p);
-  nv[*n].key = kc;
-  nv[*n].value = vc;
+    for (char *p = blk; *p; p++) *p = (char)tolower((unsigned char)*p);
+  (*v)[*n].key = blk;
+  (*v)[*n].value = blk + kl + 1;
   (*n)++;
   return 0;
 }

@@ -23,6 +23,7 @@ struct series {
 
 struct family {
   struct family *next;
+  uint64_t hash; /* of the name: lookups compare it before the string */
   char *name;
   char *help;
   enum fm_metric_type type;
@@ -52,8 +53,9 @@ static int valid_name(const char *n) {
 }
 
 static struct family *find_family(const char *name) {
+  uint64_t h = fnv1a(name);
   for (struct family *f = g_families; f; f = f->next)
-    if (strcmp(f->name, name) == 0) return f;
+    if (f->hash == h && strcmp(f->name, name) == 0) return f;
   return NULL;
 }
 
@@ -70,6 +72,7 @@ int fm_metrics_register(const char *name, enum fm_metric_type type, const char *
   f = calloc(1, sizeof *f);
   if (!f) { rc = FM_E_NOMEM; goto done; }
   f->name = strdup(name);
+  f->hash = fnv1a(name);
   f->help = strdup(help ? help : "");
   f->type = type;
   if (type == FM_METRIC_HISTOGRAM) {
