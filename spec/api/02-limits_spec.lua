@@ -206,9 +206,20 @@ describe("request limits", function()
       assert.equal(404, res.status)
     end)
 
-    it("answers 431 for a 40 KiB header", function()
-      local res = assert(engine:get("/", { headers = { ["X-Big"] = string.rep("b", 40 * KiB) } }))
-      assert.equal(431, res.status)
+    -- Past the connection pool (FM_MAX_HEADER_BYTES + 4 KiB) libmicrohttpd answers 431 itself
+    -- and closes at once; a client still writing its headers may then see a reset before it
+    -- reads the 431. Either way nothing reaches Lua and the server keeps serving.
+    it("refuses a 40 KiB header: 431, or a reset while the client still writes", function()
+      local c = engine:client()
+      local big = { ["X-Big"] = string.rep("b", 40 * KiB) }
+      local res, err = c:request("GET", "/", { headers = big })
+      if res then
+        assert.equal(431, res.status)
+      else
+        assert.matches("closed", err)
+      end
+      c:close()
+      assert.equal(200, assert(engine:get("/")).status)
     end)
 
     it("answers 431 for 40 headers of 1 KiB", function()

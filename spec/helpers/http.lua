@@ -344,7 +344,16 @@ function Client:request(method, path, opts)
   local chunked = opts.chunks ~= nil
   local body_len = body and #body or nil
   local ok, err = self:send_raw(self:_head(method, path, opts, body_len, chunked))
-  if not ok then return nil, "send head: " .. tostring(err) end
+  if not ok then
+    -- like curl: the server may have answered and closed before taking the whole head
+    local res = self:read_response({ method = method, timeout = opts.timeout or 2 })
+    if res then
+      res.body_incomplete = true
+      self:close()
+      return res
+    end
+    return nil, "send head: " .. tostring(err)
+  end
 
   local sent_all, serr = true, nil
   if chunked then
