@@ -14,9 +14,10 @@ static int cmp_str(const void *a, const void *b) {
 
 /* Renders the labels table at idx (or none) into a guarded buffer left on the stack. */
 static const char *labels_arg(lua_State *L, int idx) {
-  struct fm_buf *b = fm_json_guarded_buf(L);
-  if (lua_isnoneornil(L, idx)) return "";
+  if (lua_isnoneornil(L, idx)) return ""; /* before anything is pushed: idx may be past the top */
   luaL_checktype(L, idx, LUA_TTABLE);
+  idx = lua_absindex(L, idx);
+  struct fm_buf *b = fm_json_guarded_buf(L);
   const char *keys[MAX_LABELS], *vals[MAX_LABELS];
   size_t n = 0;
   lua_pushnil(L);
@@ -66,29 +67,18 @@ static int l_metrics_register(lua_State *L) {
   return 0;
 }
 
-static int l_metrics_inc(lua_State *L) {
+/* name, labels table or nil, value (optional for inc: 1) */
+static int update(lua_State *L, int (*fn)(const char *, const char *, double), int value_optional) {
   const char *name = luaL_checkstring(L, 1);
+  double v = value_optional ? luaL_optnumber(L, 3, 1) : luaL_checknumber(L, 3);
   const char *labels = labels_arg(L, 2);
-  return check(L, fm_metrics_inc(name, labels, luaL_optnumber(L, 3, 1)), name);
+  return check(L, fn(name, labels, v), name);
 }
 
-static int l_metrics_set(lua_State *L) {
-  const char *name = luaL_checkstring(L, 1);
-  const char *labels = labels_arg(L, 2);
-  return check(L, fm_metrics_set(name, labels, luaL_checknumber(L, 3)), name);
-}
-
-static int l_metrics_add(lua_State *L) {
-  const char *name = luaL_checkstring(L, 1);
-  const char *labels = labels_arg(L, 2);
-  return check(L, fm_metrics_add(name, labels, luaL_checknumber(L, 3)), name);
-}
-
-static int l_metrics_observe(lua_State *L) {
-  const char *name = luaL_checkstring(L, 1);
-  const char *labels = labels_arg(L, 2);
-  return check(L, fm_metrics_observe(name, labels, luaL_checknumber(L, 3)), name);
-}
+static int l_metrics_inc(lua_State *L) { return update(L, fm_metrics_inc, 1); }
+static int l_metrics_set(lua_State *L) { return update(L, fm_metrics_set, 0); }
+static int l_metrics_add(lua_State *L) { return update(L, fm_metrics_add, 0); }
+static int l_metrics_observe(lua_State *L) { return update(L, fm_metrics_observe, 0); }
 
 static int l_metrics_get(lua_State *L) {
   const char *name = luaL_checkstring(L, 1);

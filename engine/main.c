@@ -135,11 +135,12 @@ static void register_metrics(void) {
   fm_metrics_set("fm_build_info", labels, 1);
 }
 
-static struct fm_vm *boot_vm(struct fm_err *err) {
+/* A VM outside the worker pool: serve's boot VM, check-config's, exec's. */
+static struct fm_vm *boot_vm(enum fm_vm_mode mode, struct fm_err *err) {
   struct fm_vm_opts o = {0};
   o.home = fm_state.home;
   o.extra_path = getenv("FM_LUA_PATH");
-  o.mode = FM_VM_SERVE;
+  o.mode = mode;
   o.worker_id = -1;
   struct fm_vm *vm;
   if (fm_vm_new(&o, &vm, err)) return NULL;
@@ -277,7 +278,7 @@ static int cmd_serve(void) {
   register_metrics();
   if (fm_httpc_global_init(&err)) goto fail;
 
-  struct fm_vm *boot = boot_vm(&err);
+  struct fm_vm *boot = boot_vm(FM_VM_SERVE, &err);
   if (!boot) goto fail;
   if (load_settings(boot, &s, &err)) {
     char *tb = strstr(err.msg, "\nstack traceback:"); /* the message says it all */
@@ -407,13 +408,8 @@ static int cmd_exec(int argc, char **argv) {
     fprintf(stderr, "faultmaven: %s\n", err.msg);
     return 1;
   }
-  struct fm_vm_opts o = {0};
-  o.home = fm_state.home;
-  o.extra_path = getenv("FM_LUA_PATH");
-  o.mode = FM_VM_EXEC;
-  o.worker_id = -1;
-  struct fm_vm *vm;
-  if (fm_vm_new(&o, &vm, &err)) {
+  struct fm_vm *vm = boot_vm(FM_VM_EXEC, &err);
+  if (!vm) {
     fprintf(stderr, "faultmaven: %s\n", err.msg);
     return 1;
   }
@@ -459,7 +455,7 @@ static int cmd_check_config(void) {
     fprintf(stderr, "faultmaven: %s\n", err.msg);
     return 2;
   }
-  struct fm_vm *vm = boot_vm(&err);
+  struct fm_vm *vm = boot_vm(FM_VM_SERVE, &err);
   if (!vm) {
     fprintf(stderr, "faultmaven: %s\n", err.msg);
     return 1;

@@ -15,10 +15,25 @@ function M.new()
   return setmetatable({ routes = {}, literal = {}, dynamic = {} }, M)
 end
 
+local function normalise(path)
+  if #path > 1 and path:sub(-1) == "/" then path = path:gsub("/+$", "") end
+  if path == "" then path = "/" end
+  return path
+end
+
+-- "/a/b" -> {"a", "b"}; empty segments are kept ("/a//b" -> {"a", "", "b"}) so that they never
+-- bind a parameter.
 local function split(path)
-  local segs = {}
-  for seg in path:gmatch("[^/]+") do segs[#segs + 1] = seg end
-  return segs
+  local segs, start = {}, 2
+  while true do
+    local i = path:find("/", start, true)
+    if not i then
+      segs[#segs + 1] = path:sub(start)
+      return segs
+    end
+    segs[#segs + 1] = path:sub(start, i - 1)
+    start = i + 1
+  end
 end
 
 --- Adds a route. opts.max_body: bytes this route accepts (else the engine default).
@@ -36,13 +51,14 @@ function M:add(method, pattern, handler, opts)
   if opts.max_body ~= nil and (math.type(opts.max_body) ~= "integer" or opts.max_body < 0) then
     error("router: max_body must be a non-negative integer", 2)
   end
+  pattern = normalise(pattern)
   local segs, params, literal = split(pattern), {}, true
   for i, seg in ipairs(segs) do
     local name = seg:match("^{([%w_]+)}$")
     if name then
       params[i] = name
       literal = false
-    elseif seg:find("[{}]") then
+    elseif seg:find("[{}]") or (seg == "" and pattern ~= "/") then
       error("router: bad segment '" .. seg .. "' in " .. pattern, 2)
     end
   end
@@ -55,9 +71,8 @@ function M:add(method, pattern, handler, opts)
   end
   self.routes[#self.routes + 1] = route
   if literal then
-    local key = "/" .. table.concat(segs, "/")
-    self.literal[key] = self.literal[key] or {}
-    self.literal[key][method] = route
+    self.literal[pattern] = self.literal[pattern] or {}
+    self.literal[pattern][method] = route
   else
     self.dynamic[#self.dynamic + 1] = route
   end
@@ -75,16 +90,14 @@ local function match_segs(route, segs)
   local params = {}
   for i, seg in ipairs(route.segs) do
     local name = route.params[i]
-    if name then params[name] = segs[i]
-    elseif seg ~= segs[i] then return nil end
+    if name then
+      if segs[i] == "" then return nil end
+      params[name] = segs[i]
+    elseif seg ~= segs[i] then
+      return nil
+    end
   end
   return params
-end
-
-local function normalise(path)
-  if #path > 1 and path:sub(-1) == "/" then path = path:gsub("/+$", "") end
-  if path == "" then path = "/" end
-  return path
 end
 
 --- Finds the route for method and path.
