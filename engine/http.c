@@ -281,9 +281,7 @@ static enum MHD_Result on_part(void *cls, enum MHD_ValueKind kind, const char *k
                                size_t size) {
   struct fm_request *req = cls;
   struct fm_part *p = req->nparts ? &req->parts[req->nparts - 1] : NULL;
-  int same = p && strcmp(p->name, key ? key : "") == 0 &&
-             ((!p->filename && !filename) || (p->filename && filename && !strcmp(p->filename, filename)));
-  if (off == 0 && !(same && p->size == 0)) {
+  if (off == 0) { /* libmicrohttpd starts each part at offset 0 */
     if (req->nparts >= MAX_PARTS) {
       req->pp_error = PP_TOO_MANY;
       return MHD_NO;
@@ -349,6 +347,7 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn) {
   if (!req) return NULL;
   req->raw_uri_len = uri ? strlen(uri) : 0;
   req->state = ST_NEW;
+  req->t_start = fm_time_mono();
   atomic_fetch_add(&g_inflight, 1);
   return req;
 }
@@ -361,7 +360,6 @@ static enum MHD_Result first_call(struct MHD_Connection *conn, struct fm_request
   const char *clen;
 
   req->conn = conn;
-  req->t_start = fm_time_mono();
   client_addr(conn, req->remote_addr, sizeof req->remote_addr);
   snprintf(req->method, sizeof req->method, "%s", strlen(method) < sizeof req->method ? method : "OTHER");
   req->path = strdup(url);
@@ -389,6 +387,15 @@ static enum MHD_Result first_call(struct MHD_Connection *conn, struct fm_request
   if (strcmp(req->path, "/health/live") == 0 || strcmp(req->path, "/readiness") == 0) {
     req->state = ST_LOCAL;
     return MHD_YES;
+  }
+  /* Draining: requests that arrive on open keep-alive connections after shutdown began are not
+   * dispatched (main waits for the in-flight count, which counts from the URI callback, so
+   * nothing can slip in between its last check and the daemon's stop). */
+  if (fm_http_ready() == 2) {
+    set_error(req, 503, "shutting down");
+    fm_request_add_header(req, "Connection", "close");
+    fm_request_add_header(req, "Retry-After", "1");
+    return queue(conn, req, build_response(req));
   }
   ctype = fm_request_header(req, "content-type");
   if (ctype && strncasecmp(ctype, "multipart/form-data", 19) == 0) {

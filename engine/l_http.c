@@ -50,6 +50,13 @@ static void push_headers(lua_State *L, const struct fm_buf *raw) {
   }
 }
 
+/* The response lives in a userdata until it is copied into Lua, so an error while copying
+ * (the memory cap) still frees it through __gc. */
+static int res_gc(lua_State *L) {
+  fm_httpc_res_free(lua_touserdata(L, 1));
+  return 0;
+}
+
 static int l_http_request(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   struct fm_httpc_req req = {0};
@@ -65,6 +72,9 @@ static int l_http_request(lua_State *L) {
   double max_body = opt_number(L, 1, "max_body", 16 << 20);
   if (max_body < 1) return luaL_argerror(L, 1, "max_body must be positive");
   req.max_body = (size_t)max_body;
+  /* "Name: value" strings are kept in a table (not on the stack, which holds only ~20 slots). */
+  lua_newtable(L);
+  int keep = lua_gettop(L);
   lua_getfield(L, 1, "headers");
   if (!lua_isnil(L, -1)) {
     luaL_checktype(L, -1, LUA_TTABLE);
@@ -72,18 +82,26 @@ static int l_http_request(lua_State *L) {
     lua_pushnil(L);
     while (lua_next(L, t)) {
       if (req.nheaders == MAX_HEADERS) return luaL_error(L, "too many headers (max %d)", MAX_HEADERS);
-      const char *k = luaL_checkstring(L, -2);
-      const char *v = luaL_checkstring(L, -1);
-      hdrs[req.nheaders++] = lua_pushfstring(L, "%s: %s", k, v);
-      lua_insert(L, t); /* keep the string alive below the iteration state */
-      t++;
-      lua_pop(L, 1);
+      if (lua_type(L, -2) != LUA_TSTRING) return luaL_error(L, "header names must be strings");
+      if (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER)
+        return luaL_error(L, "header %s: value must be a string", lua_tostring(L, -2));
+      lua_pushvalue(L, -1); /* convert a copy: lua_next needs the key and value untouched */
+      hdrs[req.nheaders] = lua_pushfstring(L, "%s: %s", lua_tostring(L, -3), lua_tostring(L, -1));
+      lua_rawseti(L, keep, (lua_Integer)req.nheaders + 1);
+      req.nheaders++;
+      lua_pop(L, 2);
     }
   }
   req.headers = hdrs;
-  struct fm_httpc_res res;
+  struct fm_httpc_res *res = lua_newuserdatauv(L, sizeof *res, 0);
+  memset(res, 0, sizeof *res);
+  if (luaL_newmetatable(L, "fm.http.response")) {
+    lua_pushcfunction(L, res_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
   struct fm_err err = {0};
-  int rc = fm_httpc_request(&req, &res, &err);
+  int rc = fm_httpc_request(&req, res, &err);
   if (rc) {
     if (rc == FM_E_INVAL) return luaL_error(L, "%s", err.msg);
     lua_pushnil(L);
@@ -92,13 +110,13 @@ static int l_http_request(lua_State *L) {
     return 3;
   }
   lua_createtable(L, 0, 3);
-  lua_pushinteger(L, res.status);
+  lua_pushinteger(L, res->status);
   lua_setfield(L, -2, "status");
-  lua_pushlstring(L, fm_buf_cstr(&res.body), res.body.len);
+  lua_pushlstring(L, fm_buf_cstr(&res->body), res->body.len);
   lua_setfield(L, -2, "body");
-  push_headers(L, &res.headers);
+  push_headers(L, &res->headers);
   lua_setfield(L, -2, "headers");
-  fm_httpc_res_free(&res);
+  fm_httpc_res_free(res);
   return 1;
 }
 

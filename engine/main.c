@@ -310,7 +310,7 @@ static int cmd_serve(void) {
   fm_metrics_set("fm_workers_busy", "", 0);
 
   /* Signals are taken by one thread with sigwait; every other thread inherits this mask. */
-  sigset_t set;
+  static sigset_t set; /* the signal thread keeps a pointer to it */
   sigemptyset(&set);
   sigaddset(&set, SIGTERM);
   sigaddset(&set, SIGINT);
@@ -349,8 +349,11 @@ static int cmd_serve(void) {
   wc.vm.mode = FM_VM_SERVE;
   wc.budget = s.budget;
   if (fm_workers_start(&wc, &err)) {
-    fm_http_stop();
-    goto fail;
+    /* Requests may already be queued and suspended: libmicrohttpd aborts if stopped with
+     * suspended connections, so say why and leave without stopping it. */
+    fm_http_set_ready(2);
+    fm_log_fields(FM_LOG_ERROR, err.msg, NULL);
+    _exit(1);
   }
   fm_http_set_ready(1);
   {

@@ -227,7 +227,7 @@ static void render_family(struct fm_buf *out, struct family *f) {
   if (f->nseries && !all) return;
   for (size_t slot = 0; slot < 64; slot++)
     for (struct series *s = f->series[slot]; s; s = s->next) all[n++] = s;
-  qsort(all, n, sizeof *all, cmp_series);
+  if (n > 1) qsort(all, n, sizeof *all, cmp_series); /* qsort(NULL, 0) is undefined */
   for (size_t i = 0; i < n; i++) {
     struct series *s = all[i];
     const char *sep = s->labels[0] ? "," : "";
@@ -269,7 +269,7 @@ int fm_metrics_render(struct fm_buf *out) {
   }
   size_t i = 0;
   for (struct family *f = g_families; f; f = f->next) fs[i++] = f;
-  qsort(fs, nf, sizeof *fs, cmp_family);
+  if (nf > 1) qsort(fs, nf, sizeof *fs, cmp_family);
   for (i = 0; i < nf; i++) render_family(out, fs[i]);
   free(fs);
   pthread_mutex_unlock(&g_mu);

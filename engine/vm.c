@@ -260,6 +260,7 @@ int fm_vm_end_request(struct fm_vm *vm) {
   int hit = vm->abort == FM_VM_ABORT_MEMORY;
   vm->in_request = 0;
   vm->budget = 0;
-  if (hit) lua_gc(vm->L, LUA_GCCOLLECT);
+  if (!hit) return 0;
+  lua_gc(vm->L, LUA_GCCOLLECT);
   return vm->mem_limit && vm->mem_used > vm->mem_limit / 2;
 }

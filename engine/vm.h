@@ -51,8 +51,8 @@ int fm_vm_pcall(struct fm_vm *vm, int nargs, int nresults, struct fm_err *err);
 
 /* Arms the budget (instructions, 0 = none) and resets the abort flag for one request. */
 void fm_vm_begin_request(struct fm_vm *vm, uint64_t budget);
-/* Disarms the budget. Runs a full GC if the request hit the memory cap. Returns 1 when the VM
- * should be replaced (still above half its cap after collecting). */
+/* Disarms the budget. If the request hit the memory cap, runs a full GC and returns 1 when the
+ * VM should be replaced (still above half its cap after collecting); otherwise returns 0. */
 int fm_vm_end_request(struct fm_vm *vm);
 
 /* Registers the fm.* C modules in package.preload (used by fm_vm_new). */

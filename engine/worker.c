@@ -125,7 +125,7 @@ static int l_run_request(lua_State *L) {
 
   int isnum;
   lua_Integer status = lua_tointegerx(L, 1, &isnum);
-  if (!isnum || status < 100 || status > 599)
+  if (!isnum || status < 200 || status > 599) /* a 1xx would leave the client waiting */
     return luaL_error(L, "fm.app.handle returned an invalid status (%s)", luaL_tolstring(L, 1, NULL));
   req->status = (int)status;
   if (lua_istable(L, 2)) {
@@ -200,15 +200,19 @@ static void run_one(struct worker *w, struct fm_request *req) {
   if (replace) {
     fm_warn("worker %d: Lua memory still %zu bytes after a full GC, replacing its VM", w->id,
             w->vm->mem_used);
-    fm_vm_free(w->vm);
-    w->vm = NULL;
+    struct fm_vm *old = w->vm;
+    int old_ref = w->handle_ref;
     struct fm_err e2 = {0};
     if (make_vm(w, &e2)) {
-      /* The code loaded fine at start; failing now means the host is out of memory. */
-      fm_error("worker %d: cannot rebuild its VM: %s", w->id, e2.msg);
-      abort();
+      /* Keep serving on the old VM rather than lose the worker (the files on disk may have
+       * changed since start, or the host is short of memory). */
+      fm_error("worker %d: cannot build a new VM, keeping the old one: %s", w->id, e2.msg);
+      w->vm = old;
+      w->handle_ref = old_ref;
+    } else {
+      fm_vm_free(old);
+      atomic_fetch_add(&fm_state.vm_restarts, 1);
     }
-    atomic_fetch_add(&fm_state.vm_restarts, 1);
   }
   fm_log_set_request_id(NULL);
 }

@@ -169,6 +169,15 @@ describe("request limits", function()
       c:close()
     end)
 
+    it("applies a route's own cap with a trailing slash too, as the router does", function()
+      local res = assert(engine:post("/test/big/", {
+        headers = { ["Content-Type"] = "application/octet-stream" },
+        body = string.rep("b", 2 * MiB),
+      }))
+      assert.equal(200, res.status)
+      assert.equal(2 * MiB, res.json().len)
+    end)
+
     it("lets a route raise its own cap: /test/big takes 4 MiB", function()
       local res = assert(engine:post("/test/big", {
         headers = { ["Content-Type"] = "application/octet-stream" },
@@ -270,6 +279,17 @@ describe("request limits", function()
       helpers.wait_until(function() return #tmp_files() == 0 end, 5)
       assert.same({}, tmp_files())
     end
+
+    it("keeps an empty part apart from a same-named part after it", function()
+      local body = part("a", "") .. part("a", "second") .. part("c", "") .. closing()
+      local res = assert(engine:post("/test/echo", { headers = mp_headers(), body = body }))
+      assert.equal(200, res.status)
+      local form = res.json().form
+      assert.equal(3, #form)
+      assert.same({ "a", 0, "" }, { form[1].name, form[1].size, form[1].content })
+      assert.same({ "a", 6, "second" }, { form[2].name, form[2].size, form[2].content })
+      assert.same({ "c", 0 }, { form[3].name, form[3].size })
+    end)
 
     it("keeps a small part in memory and spools a 200 KiB part, then removes its file", function()
       local big = ("0123456789abcdef"):rep(200 * KiB / 16)

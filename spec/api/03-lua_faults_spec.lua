@@ -145,7 +145,8 @@ describe("Lua faults", function()
   end)
 
   describe("bad handler results", function()
-    for _, kind in ipairs({ "status", "status_range", "unencodable" }) do
+    -- (a 1xx final status would leave the client waiting for the real answer)
+    for _, kind in ipairs({ "status", "status_range", "informational", "unencodable" }) do
       it("answers 500 {internal error} when a handler returns a bad " .. kind, function()
         local res = assert(engine:get("/test/bad_return?kind=" .. kind))
         assert.equal(500, res.status)
@@ -195,6 +196,21 @@ describe("Lua faults", function()
         local res = assert(engine:get("/"))
         assert.equal(200, res.status)
       end
+    end)
+
+    it("does not replace the VM after ordinary requests that leave garbage", function()
+      local function restarts()
+        return assert(engine:get("/health")).json().components.engine.vm_restarts
+      end
+      local before = restarts()
+      for _ = 1, 3 do -- 7.5 MiB bodies against a 32 MiB cap: garbage above half the cap
+        local res = assert(engine:post("/test/big", {
+          headers = { ["Content-Type"] = "application/octet-stream" },
+          body = string.rep("g", 7 * 1024 * 1024 + 512 * 1024),
+        }))
+        assert.equal(200, res.status)
+      end
+      assert.equal(before, restarts())
     end)
 
     it("serves a normal JSON request after the bombs", function()

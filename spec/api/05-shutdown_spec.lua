@@ -107,6 +107,33 @@ describe("shutdown", function()
     end
   end)
 
+  -- Requests keep arriving on open keep-alive connections while the engine drains: none may be
+  -- dispatched after the drain completes (libmicrohttpd aborts when stopped with a suspended
+  -- connection). curl processes give the concurrent load; three rounds because it is a race.
+  it("exits 0 on SIGTERM under keep-alive load, answering late requests 503", function()
+    for round = 1, 3 do
+      local engine = helpers.engine.start({ env = { FM_SHUTDOWN_GRACE_S = "10" } })
+      local dir = helpers.tmpdir("fm-load-")
+      -- curl URL globbing: 3000 requests over one keep-alive connection per process
+      local url = engine.url .. "/test/slow?ms=1&n=[1-3000]"
+      local loaders = {}
+      for i = 1, 4 do
+        local argv = { "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}\n", url }
+        loaders[i] = helpers.spawn({ argv = argv, stdout = dir .. "/codes" .. i })
+      end
+      helpers.sleep(0.4)
+      local how, code = engine:stop("TERM", 15)
+      assert.same({ "exit", 0 }, { how, code }, "round " .. round .. ": " .. engine:log():sub(-600))
+      for i = 1, 4 do
+        loaders[i]:wait(10)
+        local codes = helpers.read_file(dir .. "/codes" .. i) or ""
+        for c in codes:gmatch("%d+") do
+          assert.truthy(c == "200" or c == "503" or c == "000", "round " .. round .. ": got " .. c)
+        end
+      end
+    end
+  end)
+
   it("exits 0 on SIGTERM when idle and on SIGINT", function()
     local a = helpers.engine.start()
     assert.same({ "exit", 0 }, { a:stop("TERM", 10) })

@@ -36,6 +36,24 @@ describe("fm.http", function()
     assert.matches("^application/json", header(res.headers, "content-type"))
   end)
 
+  it("sends 64 headers (more than the Lua C stack's guaranteed slots)", function()
+    local h = {}
+    for i = 1, 64 do h["X-H" .. i] = "v" .. i end
+    h["X-Request-Id"] = "many-headers"
+    h["X-H64"] = nil
+    local res = assert(fmhttp.request({ url = engine.url .. "/", headers = h, timeout = 5 }))
+    assert.equal(200, res.status)
+    assert.equal("many-headers", header(res.headers, "x-request-id"))
+    h["X-H64"], h["X-H65"] = "x", "y"
+    assert.has_error(function() fmhttp.request({ url = engine.url .. "/", headers = h }) end)
+  end)
+
+  it("raises for a header name that is not a string", function()
+    assert.has_error(function()
+      fmhttp.request({ url = engine.url .. "/", headers = { [1] = "a" } })
+    end, "header names must be strings")
+  end)
+
   it("defaults to GET", function()
     local res = assert(fmhttp.request({ url = engine.url .. "/health", timeout = 5 }))
     assert.equal(200, res.status)
