@@ -70,7 +70,11 @@ static void budget_hook(lua_State *L, lua_Debug *ar) {
 static int must_rethrow(lua_State *L, int status) {
   struct fm_vm *vm = fm_vm_from_lua(L);
   if (!vm->in_request) return 0;
-  if (status == LUA_ERRMEM) vm->abort = FM_VM_ABORT_MEMORY;
+  /* A memory error re-raised by coroutine.wrap arrives as a runtime error; Lua's own message
+   * for it is fixed, so it is recognised here too (the error object is on the top). */
+  if (status == LUA_ERRMEM ||
+      (lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "not enough memory") == 0))
+    vm->abort = FM_VM_ABORT_MEMORY;
   return vm->abort != FM_VM_OK;
 }
 

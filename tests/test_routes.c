@@ -18,10 +18,16 @@ int main(void) {
   CHECK(fm_routes_max_body(r, "GET", "/api/v1/cases/case_1/turns", &pat) == 1000 && pat == NULL);
   CHECK(fm_routes_max_body(r, "POST", "/api/v1/cases//turns", &pat) == 1000); /* empty segment */
   CHECK(fm_routes_max_body(r, "POST", "/api/v1/cases/a/b/turns", &pat) == 1000);
-  CHECK(fm_routes_max_body(r, "POST", "/api/v1/cases/case_1/turns/", &pat) == 1000);
+  CHECK(fm_routes_max_body(r, "POST", "/api/v1/cases/case_1/turns/", &pat) == 5000); /* like Lua */
+  CHECK(fm_routes_max_body(r, "POST", "/api/v1/cases/case_1/turns//", &pat) == 5000);
   CHECK(fm_routes_max_body(r, "GET", "/", &pat) == 1);
   CHECK(fm_routes_max_body(r, "DELETE", "/any/thing", &pat) == 7);
   CHECK(fm_routes_max_body(r, "GET", "", &pat) == 1000);
+  /* a literal route wins over a pattern added before it, as in the Lua router */
+  CHECK(fm_routes_add(r, "POST", "/api/v1/cases/{case_id}", 10, &err) == 0);
+  CHECK(fm_routes_add(r, "POST", "/api/v1/cases/search", 20, &err) == 0);
+  CHECK(fm_routes_max_body(r, "POST", "/api/v1/cases/search", &pat) == 20);
+  CHECK(fm_routes_max_body(r, "POST", "/api/v1/cases/other", &pat) == 10);
   fm_routes_free(r);
   fm_routes_free(NULL);
   return check_done();

@@ -72,6 +72,11 @@ int main(void) {
   CHECK(run(vm, "local t = {} for i = 1, 1e9 do t[i] = {i} end", 0, msg, sizeof msg) == FM_VM_ABORT_MEMORY);
   CHECK(run(vm, "local ok = pcall(string.rep, 'x', 1 << 30) return 'swallowed'", 0, msg, sizeof msg) ==
         FM_VM_ABORT_MEMORY);
+  CHECK(run(vm, "collectgarbage('stop')\n"
+                "local f = coroutine.wrap(function() local s = 'x' while true do s = s .. s end end)\n"
+                "local ok = pcall(f) collectgarbage('restart') return 'swallowed'", 0, msg, sizeof msg) ==
+        FM_VM_ABORT_MEMORY);
+  lua_gc(vm->L, LUA_GCRESTART);
   CHECK(vm->mem_used < vm->mem_limit / 2);
   /* and the VM serves again */
   CHECK(run(vm, "return string.rep('a', 3)", 1000000, msg, sizeof msg) == 0);
