@@ -8,14 +8,30 @@
 #include <stdlib.h>
 #include <string.h>
 
+void fm_buf_init_with(struct fm_buf *b, char *mem, size_t cap) {
+  b->p = mem;
+  b->len = 0;
+  b->cap = cap;
+  b->borrowed = 1;
+  if (cap) mem[0] = '\0';
+}
+
 int fm_buf_reserve(struct fm_buf *b, size_t extra) {
   if (extra >= SIZE_MAX - b->len - 1) return FM_E_NOMEM;
   size_t need = b->len + extra + 1;
   if (need <= b->cap) return 0;
   size_t cap = b->cap ? b->cap : 64;
   while (cap < need) cap = cap > SIZE_MAX / 2 ? need : cap * 2;
-  char *p = realloc(b->p, cap);
-  if (!p) return FM_E_NOMEM;
+  char *p;
+  if (b->borrowed) {
+    p = malloc(cap);
+    if (!p) return FM_E_NOMEM;
+    if (b->len) memcpy(p, b->p, b->len + 1);
+    b->borrowed = 0;
+  } else {
+    p = realloc(b->p, cap);
+    if (!p) return FM_E_NOMEM;
+  }
   b->p = p;
   b->cap = cap;
   return 0;
@@ -109,6 +125,15 @@ int fm_buf_add_json_str(struct fm_buf *b, const char *s, size_t n) {
 const char *fm_buf_cstr(struct fm_buf *b) { return b->p ? b->p : ""; }
 
 char *fm_buf_steal(struct fm_buf *b, size_t *len) {
+  if (b->borrowed) { /* the caller gets heap memory it can free */
+    char *copy = malloc(b->len + 1);
+    if (copy) memcpy(copy, b->p, b->len + 1);
+    if (len) *len = copy ? b->len : 0;
+    b->p = NULL;
+    b->len = b->cap = 0;
+    b->borrowed = 0;
+    return copy;
+  }
   char *p = b->p;
   if (len) *len = b->len;
   b->p = NULL;
@@ -117,7 +142,8 @@ char *fm_buf_steal(struct fm_buf *b, size_t *len) {
 }
 
 void fm_buf_free(struct fm_buf *b) {
-  free(b->p);
+  if (!b->borrowed) free(b->p);
   b->p = NULL;
   b->len = b->cap = 0;
+  b->borrowed = 0;
 }

@@ -9,7 +9,12 @@ struct fm_buf {
   char *p;
   size_t len;
   size_t cap;
+  int borrowed; /* p is caller storage (fm_buf_init_with): never realloc'd or freed */
 };
+
+/* Starts an empty buffer on caller storage (a stack array, say); it moves to the heap only if it
+ * outgrows it. fm_buf_free is still required (it frees only what was allocated). */
+void fm_buf_init_with(struct fm_buf *b, char *mem, size_t cap);
 
 /* Ensures room for `extra` more bytes. Returns 0 or FM_E_NOMEM (the buffer is unchanged then). */
 int fm_buf_reserve(struct fm_buf *b, size_t extra);

@@ -522,7 +522,9 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     fm_buf_free(&lb);
   }
   if (fm_log_enabled(FM_LOG_INFO)) {
-    struct fm_buf f = {0};
+    char mem[1024];
+    struct fm_buf f;
+    fm_buf_init_with(&f, mem, sizeof mem);
     fm_buf_adds(&f, "\"method\":");
     fm_buf_add_json_str(&f, req->method, strlen(req->method));
     fm_buf_adds(&f, ",\"route\":");

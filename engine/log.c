@@ -45,14 +45,16 @@ static void write_all(int fd, const char *p, size_t n) {
 
 void fm_log_fields(int level, const char *msg, const char *fields_json) {
   if (!fm_log_enabled(level)) return;
-  char stack[1024];
-  struct fm_buf b = {0};
+  char stack[2048];
+  struct fm_buf b;
+  fm_buf_init_with(&b, stack, sizeof stack); /* a line rarely needs the heap */
   char ts[40];
   fm_time_iso8601(fm_time_now(), ts, sizeof ts);
-  /* A line is small: try a stack buffer first so logging rarely allocates. */
-  int n = snprintf(stack, sizeof stack, "{\"ts\":\"%s\",\"level\":\"%s\",\"msg\":", ts,
-                   fm_log_level_name(level));
-  fm_buf_add(&b, stack, (size_t)n);
+  fm_buf_adds(&b, "{\"ts\":\"");
+  fm_buf_adds(&b, ts);
+  fm_buf_adds(&b, "\",\"level\":\"");
+  fm_buf_adds(&b, fm_log_level_name(level));
+  fm_buf_adds(&b, "\",\"msg\":");
   fm_buf_add_json_str(&b, msg ? msg : "", msg ? strlen(msg) : 0);
   if (t_request_id) {
     fm_buf_adds(&b, ",\"request_id\":");

@@ -24,14 +24,31 @@ double fm_time_mono(void) {
 }
 
 void fm_time_iso8601(double t, char *out, size_t outsz) {
+  /* Log lines format the same second many times: keep it per thread. */
+  static _Thread_local time_t cached_secs = -1;
+  static _Thread_local char cached[64]; /* "YYYY-MM-DDTHH:MM:SS" (room for any int) */
   time_t secs = (time_t)t;
   int ms = (int)((t - (double)secs) * 1000.0);
   if (ms < 0) ms = 0;
   if (ms > 999) ms = 999;
-  struct tm tm;
-  gmtime_r(&secs, &tm);
-  snprintf(out, outsz, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-           tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ms);
+  if (secs != cached_secs) {
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    snprintf(cached, sizeof cached, "%04d-%02d-%02dT%02d:%02d:%02d", tm.tm_year + 1900,
+             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+    cached_secs = secs;
+  }
+  if (outsz < 25) {
+    if (outsz) out[0] = '\0';
+    return;
+  }
+  memcpy(out, cached, 19);
+  out[19] = '.';
+  out[20] = (char)('0' + ms / 100);
+  out[21] = (char)('0' + ms / 10 % 10);
+  out[22] = (char)('0' + ms % 10);
+  out[23] = 'Z';
+  out[24] = '\0';
 }
 
 void fm_sleep(double secs) {

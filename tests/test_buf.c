@@ -35,6 +35,25 @@ int main(void) {
   CHECK_STR(json_str(&b, "ok\xe2\x82", 4), "\"ok\xef\xbf\xbd\xef\xbf\xbd\"");
   CHECK_STR(json_str(&b, "nul\0in", 6), "\"nul\\u0000in\"");
 
+  /* caller storage: used while it fits, then moved to the heap; steal always yields heap memory */
+  char mem[8];
+  struct fm_buf s;
+  fm_buf_init_with(&s, mem, sizeof mem);
+  fm_buf_adds(&s, "abc");
+  CHECK(s.p == mem && s.borrowed);
+  fm_buf_adds(&s, "defghijk");
+  CHECK(s.p != mem && !s.borrowed);
+  CHECK_STR(fm_buf_cstr(&s), "abcdefghijk");
+  CHECK_STR(mem, "abc");
+  fm_buf_free(&s);
+  fm_buf_init_with(&s, mem, sizeof mem);
+  fm_buf_adds(&s, "xy");
+  size_t sl;
+  char *heap = fm_buf_steal(&s, &sl);
+  CHECK(heap != mem && sl == 2 && strcmp(heap, "xy") == 0);
+  free(heap);
+  fm_buf_free(&s); /* nothing left to free: fine */
+
   size_t len;
   char *p = fm_buf_steal(&b, &len);
   CHECK(p != NULL && b.p == NULL && b.len == 0);
