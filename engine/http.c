@@ -509,12 +509,15 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
   char st[16];
   snprintf(st, sizeof st, "%d", status);
   {
-    struct fm_buf lb = {0};
+    char mem[512];
+    struct fm_buf lb;
+    fm_buf_init_with(&lb, mem, sizeof mem); /* labels rarely need the heap */
     const char *keys[] = {"route", "method", "status"};
     const char *vals[] = {route, mlabel, st};
     if (fm_metrics_labels(&lb, keys, vals, 3) == 0)
       fm_metrics_inc("fm_http_requests_total", fm_buf_cstr(&lb), 1);
     fm_buf_free(&lb);
+    fm_buf_init_with(&lb, mem, sizeof mem);
     const char *hkeys[] = {"route"};
     const char *hvals[] = {route};
     if (fm_metrics_labels(&lb, hkeys, hvals, 1) == 0)

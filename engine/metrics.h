@@ -30,6 +30,9 @@ double fm_metrics_get(const char *name, const char *labels);
 /* Renders a label set from name/value pairs: keys[i]=values[i]. Escapes values. */
 int fm_metrics_labels(struct fm_buf *out, const char *const *keys, const char *const *values,
                       size_t n);
+/* Registers a function called at the start of every render (outside the registry lock) to set
+ * gauges sampled at scrape time rather than on every request. One collector; NULL removes it. */
+void fm_metrics_set_collector(void (*fn)(void));
 /* Appends the whole registry in text exposition format 0.0.4. */
 int fm_metrics_render(struct fm_buf *out);
 /* Frees everything (tests and exit). */

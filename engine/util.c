@@ -128,15 +128,6 @@ void fm_fast_id_hex(char *out, size_t outsz) {
   out[32] = '\0';
 }
 
-int fm_parse_long(const char *s, long min, long max, long *out) {
-  if (!s || !*s) return FM_E_INVAL;
-  char *end;
-  errno = 0;
-  long v = strtol(s, &end, 10);
-  if (errno || *end || v < min || v > max) return FM_E_INVAL;
-  *out = v;
-  return 0;
-}
 
 int fm_mkdirs(const char *path, unsigned mode, struct fm_err *err) {
   char tmp[PATH_MAX];

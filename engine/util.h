@@ -26,8 +26,6 @@ int fm_random_hex(char *out, size_t outsz, size_t nbytes);
  * no system call. For secrets use fm_random_bytes. */
 void fm_fast_id_hex(char *out, size_t outsz);
 
-/* Parses a base-10 integer in [min,max]; returns 0 or FM_E_INVAL. */
-int fm_parse_long(const char *s, long min, long max, long *out);
 /* mkdir -p with mode for new directories. Returns 0 or FM_E_IO (err set). */
 int fm_mkdirs(const char *path, unsigned mode, struct fm_err *err);
 /* Removes the regular files directly in dir (not recursive). Returns the number removed. */

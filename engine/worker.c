@@ -19,6 +19,7 @@ struct worker {
   int handle_ref;
   int started;
   char label[32]; /* worker="N" for the per-worker metrics */
+  atomic_size_t lua_memory; /* after its last request, sampled by the metrics collector */
   struct fm_err err;
 };
 
@@ -148,8 +149,15 @@ static int l_run_request(lua_State *L) {
   return 0;
 }
 
-static void set_busy_gauge(void) {
+/* Metrics collector: gauges sampled when /metrics is scraped, not on every request. */
+static void collect_gauges(void) {
   fm_metrics_set("fm_workers_busy", "", (double)atomic_load(&fm_state.busy));
+  pthread_mutex_lock(&g_mu); /* the worker array is stable while g_mu is held */
+  for (int i = 0; i < g_nworkers; i++)
+    if (g_workers[i].started)
+      fm_metrics_set("fm_lua_memory_bytes", g_workers[i].label,
+                     (double)atomic_load(&g_workers[i].lua_memory));
+  pthread_mutex_unlock(&g_mu);
 }
 
 static int make_vm(struct worker *w, struct fm_err *err) {
@@ -194,7 +202,7 @@ static void run_one(struct worker *w, struct fm_request *req) {
       fm_request_set_error(req, 500, "internal error");
     }
   }
-  fm_metrics_set("fm_lua_memory_bytes", w->label, (double)w->vm->mem_used);
+  atomic_store(&w->lua_memory, w->vm->mem_used);
   atomic_fetch_add(&fm_state.requests, 1);
   fm_http_finish(req); /* req belongs to the I/O thread from here on */
   if (replace) {
@@ -226,7 +234,7 @@ static void *worker_main(void *arg) {
   pthread_cond_broadcast(&g_started_cv);
   pthread_mutex_unlock(&g_mu);
   if (rc) return NULL;
-  fm_metrics_set("fm_lua_memory_bytes", w->label, (double)w->vm->mem_used);
+  atomic_store(&w->lua_memory, w->vm->mem_used);
 
   for (;;) {
     pthread_mutex_lock(&g_mu);
@@ -242,10 +250,8 @@ static void *worker_main(void *arg) {
     atomic_fetch_sub(&fm_state.queued, 1);
     atomic_fetch_add(&fm_state.busy, 1);
     pthread_mutex_unlock(&g_mu);
-    set_busy_gauge();
     run_one(w, req);
     atomic_fetch_sub(&fm_state.busy, 1);
-    set_busy_gauge();
   }
   fm_vm_free(w->vm);
   w->vm = NULL;
@@ -284,6 +290,7 @@ int fm_workers_start(const struct fm_workers_config *cfg, struct fm_err *err) {
   while (g_nstarted + g_nfailed < spawned) pthread_cond_wait(&g_started_cv, &g_mu);
   int failed = g_nfailed || spawned < cfg->count;
   pthread_mutex_unlock(&g_mu);
+  if (!failed) fm_metrics_set_collector(collect_gauges);
   if (failed) {
     for (int i = 0; i < spawned; i++)
       if (g_workers[i].err.code) {
@@ -298,13 +305,16 @@ int fm_workers_start(const struct fm_workers_config *cfg, struct fm_err *err) {
 }
 
 void fm_workers_stop(void) {
+  fm_metrics_set_collector(NULL);
   pthread_mutex_lock(&g_mu);
   g_stopping = 1;
   pthread_cond_broadcast(&g_cv);
   pthread_mutex_unlock(&g_mu);
   for (int i = 0; i < g_nworkers; i++)
     if (g_workers[i].started) pthread_join(g_workers[i].thread, NULL);
+  pthread_mutex_lock(&g_mu); /* a scrape already inside collect_gauges holds g_mu */
   free(g_workers);
   g_workers = NULL;
   g_nworkers = 0;
+  pthread_mutex_unlock(&g_mu);
 }
