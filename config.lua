@@ -11,6 +11,9 @@ local engine_ok, engine = pcall(require, "fm.engine")
 local ncpu = engine_ok and engine.cpu_count() or 2
 
 -- kind: string | int | number | bool | enum | list
+-- reload = true: the setting applies with the next Lua generation (hot reload). Every other
+-- setting is held by C from start: a reload that changes it reports "restart required" and the
+-- running engine keeps the old value (see M.pin).
 M.specs = {
   { env = "DEPLOYMENT_MODE", key = "deployment_mode", kind = "enum",
     values = { "local", "docker", "kubernetes" }, default = "local",
@@ -35,7 +38,7 @@ M.specs = {
     doc = "libmicrohttpd I/O threads (epoll); they parse and stream, never run Lua." },
   { env = "FM_SHUTDOWN_GRACE_S", key = "shutdown_grace_s", kind = "number", min = 0, max = 3600,
     default = 30, doc = "On SIGTERM/SIGINT, seconds in-flight requests get to finish." },
-  { env = "LOG_LEVEL", key = "log_level", kind = "enum", lower = true,
+  { env = "LOG_LEVEL", key = "log_level", reload = true, kind = "enum", lower = true,
     values = { "debug", "info", "warn", "warning", "error", "off" }, default = "info",
     doc = "Threshold of the JSON log on stderr (any case: INFO works)." },
   { env = "FM_LUA_MEMORY_MB", key = "lua_memory_mb", kind = "int", min = 8, max = 65536,
@@ -44,10 +47,12 @@ M.specs = {
   { env = "FM_REQUEST_INSTRUCTION_LIMIT", key = "request_instruction_limit", kind = "int",
     min = 0, max = 1e15, default = 200000000,
     doc = "Lua VM instructions one request may run before it fails with 500 (0: no limit)." },
-  { env = "FM_MAX_BODY_BYTES", key = "max_body_bytes", kind = "int", min = 1024, max = 1 << 40,
+  { env = "FM_MAX_BODY_BYTES", key = "max_body_bytes", reload = true, kind = "int", min = 1024,
+    max = 1 << 40,
     default = 1048576,
     doc = "Largest request body on routes that set no limit of their own (413)." },
-  { env = "MAX_UPLOAD_SIZE_MB", key = "max_upload_size_mb", kind = "int", min = 1, max = 1 << 20,
+  { env = "MAX_UPLOAD_SIZE_MB", key = "max_upload_size_mb", reload = true, kind = "int", min = 1,
+    max = 1 << 20,
     default = 10, doc = "Largest uploaded file (evidence, knowledge documents)." },
   { env = "FM_MAX_URL_BYTES", key = "max_url_bytes", kind = "int", min = 256, max = 1 << 20,
     default = 8192, doc = "Longest request URL (414 above)." },
@@ -56,7 +61,8 @@ M.specs = {
     doc = "Largest total size of request headers (431 above). Each connection's libmicrohttpd "
       .. "memory pool is this plus 4 KiB and is cleared on every request: raising it costs "
       .. "throughput." },
-  { env = "FM_JSON_MAX_DEPTH", key = "json_max_depth", kind = "int", min = 1, max = 1000,
+  { env = "FM_JSON_MAX_DEPTH", key = "json_max_depth", reload = true, kind = "int", min = 1,
+    max = 1000,
     default = 64, doc = "Deepest nesting accepted in a JSON request body (400 above)." },
   { env = "FM_HTTP_IDLE_TIMEOUT_S", key = "http_idle_timeout_s", kind = "int", min = 1,
     max = 86400, default = 60, doc = "Idle keep-alive connections are closed after this." },
@@ -64,12 +70,25 @@ M.specs = {
     max = 1000000, default = 4096, doc = "Concurrent connections accepted." },
   { env = "FM_LUA_PATH", key = "lua_path", kind = "string", default = "",
     doc = "Extra Lua search path templates (`/x/?.lua;...`), searched before FM_HOME/lua." },
-  { env = "FM_EXTRA_ROUTES", key = "extra_routes", kind = "list", default = {},
+  { env = "FM_EXTRA_ROUTES", key = "extra_routes", reload = true, kind = "list", default = {},
     doc = "Comma-separated Lua modules, each a route module loaded after the built-in routes." },
+  { env = "FM_RELOAD_WATCH", key = "reload_watch", kind = "bool", default = true,
+    doc = "Watch config.lua, lua/ and playbooks/ with inotify and reload on change (SIGHUP, "
+      .. "`faultmaven reload` and admin.reload() work either way)." },
+  { env = "FM_RELOAD_DEBOUNCE_MS", key = "reload_debounce_ms", kind = "int", min = 10,
+    max = 10000, default = 150,
+    doc = "Quiet time after the last file change before a reload starts (a steady stream of "
+      .. "changes still reloads every 2 s)." },
+  { env = "FM_PLAYBOOK_INSTRUCTION_LIMIT", key = "playbook_instruction_limit", reload = true,
+    kind = "int", min = 1000, max = 1e12, default = 10000000,
+    doc = "Lua VM instructions one playbook run (loading its file, or one step) may use." },
+  { env = "FM_PLAYBOOK_MEMORY_MB", key = "playbook_memory_mb", reload = true, kind = "int",
+    min = 1, max = 4096, default = 16,
+    doc = "Memory one playbook run may allocate above what its VM held when it started." },
   { env = "CORS_ALLOW_ORIGINS", key = "cors_allow_origins", kind = "list",
     default = { "http://localhost:3000", "http://localhost:5173" },
     doc = "Origins allowed by CORS besides chrome-extension:// and moz-extension:// (`*`: any)." },
-  { env = "DASHBOARD_URL", key = "dashboard_url", kind = "string",
+  { env = "DASHBOARD_URL", key = "dashboard_url", reload = true, kind = "string",
     default = "http://localhost:3333",
     doc = "URL of the FaultMaven dashboard, announced in /v1/meta/capabilities." },
 }
@@ -146,6 +165,29 @@ function M.resolve(getenv)
   return setmetatable(s, { __index = function(_, k)
     error("unknown setting '" .. tostring(k) .. "'", 2)
   end }), source
+end
+
+local function same(a, b)
+  if type(a) ~= "table" or type(b) ~= "table" then return a == b end
+  if #a ~= #b then return false end
+  for i = 1, #a do if a[i] ~= b[i] then return false end end
+  return true
+end
+
+--- Keeps the start values of settings that C holds (specs without reload = true).
+-- boot: the settings the engine started with. Returns the env names that differ, sorted; those
+-- keep their boot value in s, so Lua never sees a value the running engine does not use.
+function M.pin(s, boot)
+  local changed = {}
+  for _, spec in ipairs(M.specs) do
+    local b = boot[spec.key]
+    if not spec.reload and b ~= nil and not same(rawget(s, spec.key), b) then
+      changed[#changed + 1] = spec.env
+      rawset(s, spec.key, b)
+    end
+  end
+  table.sort(changed)
+  return changed
 end
 
 local function show(spec, v)

@@ -11,6 +11,7 @@
 #include <microhttpd.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -31,6 +32,9 @@ static fm_http_dispatch_fn g_dispatch;
 static void *g_dispatch_ud;
 static atomic_int g_inflight;
 static atomic_int g_ready;
+/* The route table: looked up by I/O threads under the read lock, replaced by a reload. */
+static pthread_rwlock_t g_routes_lock = PTHREAD_RWLOCK_INITIALIZER;
+static struct fm_routes *g_routes;
 
 void fm_http_set_ready(int state) { atomic_store(&g_ready, state); }
 int fm_http_ready(void) { return atomic_load(&g_ready); }
@@ -376,7 +380,16 @@ static enum MHD_Result first_call(struct MHD_Connection *conn, struct fm_request
   if (strcmp(req->method, "OTHER") == 0) return reply_error(conn, req, 400, "bad request method");
 
   const char *match_method = strcmp(req->method, "HEAD") == 0 ? "GET" : req->method;
-  req->max_body = fm_routes_max_body(g_cfg.routes, match_method, req->path, &req->route);
+  {
+    const char *pat = NULL;
+    pthread_rwlock_rdlock(&g_routes_lock);
+    req->max_body = fm_routes_max_body(g_routes, match_method, req->path, &pat);
+    if (pat) { /* copied: the table may be replaced while the request runs */
+      snprintf(req->route_pat, sizeof req->route_pat, "%s", pat);
+      req->route = req->route_pat;
+    }
+    pthread_rwlock_unlock(&g_routes_lock);
+  }
   clen = fm_request_header(req, "content-length");
   if (clen) {
     char *end;
@@ -582,6 +595,8 @@ int fm_http_start(const struct fm_http_config *cfg, fm_http_dispatch_fn dispatch
   freeaddrinfo(ai);
 
   g_cfg = *cfg;
+  g_cfg.routes = NULL;
+  if (cfg->routes) fm_http_set_routes(cfg->routes);
   g_dispatch = dispatch;
   g_dispatch_ud = ud;
   /* libmicrohttpd 0.9.75 zeroes the whole connection pool on every request (8% of the CPU time
@@ -619,4 +634,13 @@ void fm_http_stop(void) {
   if (!g_daemon) return;
   MHD_stop_daemon(g_daemon);
   g_daemon = NULL;
+  fm_http_set_routes(NULL);
+}
+
+void fm_http_set_routes(struct fm_routes *routes) {
+  pthread_rwlock_wrlock(&g_routes_lock);
+  struct fm_routes *old = g_routes;
+  g_routes = routes;
+  pthread_rwlock_unlock(&g_routes_lock);
+  fm_routes_free(old);
 }

@@ -41,7 +41,8 @@ struct fm_request {
   size_t nparts;
   char request_id[132];
   char remote_addr[64];
-  const char *route; /* pattern from the C route table, or NULL */
+  const char *route; /* matched pattern (points at route_pat), or NULL */
+  char route_pat[160];
   size_t max_body;
   double t_start;
   /* response, filled by whoever answers */
@@ -73,7 +74,7 @@ struct fm_http_config {
   const char *tmp_dir;      /* where spooled parts go */
   int idle_timeout_s;
   int max_connections;
-  const struct fm_routes *routes; /* body limits; read-only while serving */
+  struct fm_routes *routes; /* body limits; owned by http from here on (fm_http_set_routes) */
 };
 
 /* Called on an I/O thread with a complete request; must hand it to a worker and return quickly. */
@@ -99,6 +100,9 @@ int fm_request_add_header(struct fm_request *req, const char *name, const char *
 void fm_http_finish(struct fm_request *req);
 /* Replaces any response so far with {"detail": detail, "request_id": id} and status. */
 void fm_request_set_error(struct fm_request *req, int status, const char *detail);
+/* Replaces the route table (a reload changed the routes); takes ownership and frees the old one
+ * once no lookup uses it. */
+void fm_http_set_routes(struct fm_routes *routes);
 /* The port the daemon listens on (useful with port 0), or -1. */
 int fm_http_bound_port(void);
 /* Looks up a request header by lower-case name; NULL when absent. */

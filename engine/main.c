@@ -4,7 +4,7 @@
 #include "httpc.h"
 #include "log.h"
 #include "metrics.h"
-#include "routes.h"
+#include "reload.h"
 #include "state.h"
 #include "util.h"
 #include "vm.h"
@@ -75,6 +75,8 @@ struct settings {
   size_t max_header;
   int idle_timeout_s;
   int max_connections;
+  int reload_watch;
+  int reload_debounce_ms;
 };
 
 static int parse_flags(int argc, char **argv, int first) {
@@ -196,6 +198,10 @@ static int load_settings(struct fm_vm *vm, struct settings *s, struct fm_err *er
   s->max_header = (size_t)get_int(L, "max_header_bytes");
   s->idle_timeout_s = (int)get_int(L, "http_idle_timeout_s");
   s->max_connections = (int)get_int(L, "http_max_connections");
+  lua_getfield(L, -1, "reload_watch");
+  s->reload_watch = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  s->reload_debounce_ms = (int)get_int(L, "reload_debounce_ms");
   lua_getfield(L, -1, "cors_allow_origins");
   size_t n = lua_istable(L, -1) ? lua_rawlen(L, -1) : 0;
   const char *origins[256];
@@ -212,29 +218,6 @@ static int load_settings(struct fm_vm *vm, struct settings *s, struct fm_err *er
   return 0;
 }
 
-static int l_route_limits(lua_State *L) {
-  struct fm_routes *routes = lua_touserdata(L, 1);
-  lua_getglobal(L, "require");
-  lua_pushliteral(L, "fm.app");
-  lua_call(L, 1, 1);
-  lua_getfield(L, -1, "route_limits");
-  lua_call(L, 0, 1);
-  luaL_checktype(L, -1, LUA_TTABLE);
-  lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
-  for (lua_Integer i = 1; i <= n; i++) {
-    lua_rawgeti(L, -1, i);
-    lua_getfield(L, -1, "method");
-    lua_getfield(L, -2, "pattern");
-    lua_getfield(L, -3, "max_body");
-    struct fm_err e = {0};
-    if (fm_routes_add(routes, luaL_checkstring(L, -3), luaL_checkstring(L, -2),
-                      (size_t)luaL_checkinteger(L, -1), &e))
-      return luaL_error(L, "route table: %s", e.msg);
-    lua_pop(L, 4);
-  }
-  return 0;
-}
-
 /* ---- signals ------------------------------------------------------------------------------- */
 
 static pthread_mutex_t g_sig_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -247,7 +230,8 @@ static void *signal_thread(void *arg) {
     int sig;
     if (sigwait(set, &sig) != 0) continue;
     if (sig == SIGHUP) {
-      fm_warn("SIGHUP received: hot reload is not built yet; restart the engine to apply changes");
+      fm_info("SIGHUP received: reloading the Lua generation");
+      fm_reload_trigger("SIGHUP");
       continue;
     }
     pthread_mutex_lock(&g_sig_mu);
@@ -268,7 +252,6 @@ static void *signal_thread(void *arg) {
 static int cmd_serve(void) {
   struct fm_err err = {0};
   struct settings s = {0};
-  struct fm_routes *routes = NULL;
   char tmp_dir[PATH_MAX + 8];
   int rc = 1;
 
@@ -288,14 +271,24 @@ static int cmd_serve(void) {
     return 2;
   }
   fm_log_set_level(s.log_level);
-  routes = fm_routes_new(s.max_body);
-  lua_pushcfunction(boot->L, l_route_limits);
-  lua_pushlightuserdata(boot->L, routes);
-  if (!routes || fm_vm_pcall(boot, 1, 0, &err)) {
-    fm_vm_free(boot);
-    goto fail;
-  }
   fm_vm_free(boot);
+
+  /* Generation 1: the same snapshot and self-check as every reload. It also gives the HTTP side
+   * its route table (body limits). */
+  struct fm_reload_config rc_cfg = {0};
+  rc_cfg.vm.home = fm_state.home;
+  rc_cfg.vm.extra_path = getenv("FM_LUA_PATH");
+  rc_cfg.vm.mem_limit = s.lua_memory;
+  rc_cfg.vm.mode = FM_VM_SERVE;
+  rc_cfg.vm.worker_id = -1;
+  rc_cfg.watch = s.reload_watch;
+  rc_cfg.debounce_ms = s.reload_debounce_ms;
+  if (fm_reload_init(&rc_cfg, &err)) {
+    fprintf(stderr, "faultmaven: the Lua code does not load: %s\n", err.msg);
+    fm_log_fields(FM_LOG_ERROR, "the Lua code does not load", NULL);
+    fm_reload_stop();
+    return 1;
+  }
 
   if (fm_mkdirs(s.data_dir, 0750, &err)) goto fail;
   snprintf(tmp_dir, sizeof tmp_dir, "%s/tmp", s.data_dir);
@@ -336,7 +329,7 @@ static int cmd_serve(void) {
       .tmp_dir = tmp_dir,
       .idle_timeout_s = s.idle_timeout_s,
       .max_connections = s.max_connections,
-      .routes = routes,
+      .routes = NULL, /* set by fm_reload_init */
   };
   if (fm_http_start(&hc, fm_workers_dispatch, NULL, &err)) goto fail;
   fm_state.port = fm_http_bound_port();
@@ -355,6 +348,7 @@ static int cmd_serve(void) {
     fm_log_fields(FM_LOG_ERROR, err.msg, NULL);
     _exit(1);
   }
+  if (fm_reload_start(&err)) fm_log_fields(FM_LOG_ERROR, err.msg, NULL); /* serving goes on */
   fm_http_set_ready(1);
   {
     char f[512];
@@ -379,9 +373,9 @@ static int cmd_serve(void) {
     fm_warn("shutdown grace of %.0fs over with %d requests still running; exiting", s.grace_s, left);
     _exit(0);
   }
+  fm_reload_stop(); /* before the workers: a build must not start while they are torn down */
   fm_http_stop();
   fm_workers_stop();
-  fm_routes_free(routes);
   fm_httpc_global_cleanup();
   fm_metrics_reset();
   fm_cors_reset();
@@ -390,7 +384,7 @@ static int cmd_serve(void) {
 
 fail:
   fm_log_fields(FM_LOG_ERROR, err.msg[0] ? err.msg : "start failed", NULL);
-  fm_routes_free(routes);
+  fm_reload_stop();
   return rc;
 }
 

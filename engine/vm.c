@@ -1,6 +1,7 @@
 #include "vm.h"
 
 #include "log.h"
+#include "reload.h"
 
 #include <lauxlib.h>
 #include <lualib.h>
@@ -18,12 +19,15 @@ int luaopen_fm_json(lua_State *L);
 int luaopen_fm_crypto(lua_State *L);
 int luaopen_fm_engine(lua_State *L);
 int luaopen_fm_proc(lua_State *L);
+int luaopen_fm_source(lua_State *L);
+int luaopen_fm_sandbox_core(lua_State *L);
 
 static const luaL_Reg preloads[] = {
     {"fm.log", luaopen_fm_log},       {"fm.metrics", luaopen_fm_metrics},
     {"fm.http", luaopen_fm_http},     {"fm.time", luaopen_fm_time},
     {"fm.json", luaopen_fm_json},     {"fm.crypto", luaopen_fm_crypto},
-    {"fm.engine", luaopen_fm_engine}, {NULL, NULL},
+    {"fm.engine", luaopen_fm_engine}, {"fm.source", luaopen_fm_source},
+    {"fm.sandbox_core", luaopen_fm_sandbox_core}, {NULL, NULL},
 };
 
 struct fm_vm *fm_vm_from_lua(lua_State *L) { return *(struct fm_vm **)lua_getextraspace(L); }
@@ -36,15 +40,23 @@ static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     vm->mem_used -= osize;
     return NULL;
   }
-  if (nsize > osize && vm->mem_limit && vm->mem_used - osize + nsize > vm->mem_limit) {
-    /* Lua retries a refused allocation once after an emergency full GC: a second refusal of the
-     * same block means the memory error is real. */
-    if (vm->in_request && vm->fail_ptr == ptr && vm->fail_osize == osize && vm->fail_nsize == nsize)
-      vm->abort = FM_VM_ABORT_MEMORY;
-    vm->fail_ptr = ptr;
-    vm->fail_osize = osize;
-    vm->fail_nsize = nsize;
-    return NULL;
+  if (nsize > osize) {
+    size_t after = vm->mem_used - osize + nsize;
+    int over_vm = vm->mem_limit && after > vm->mem_limit;
+    int over_sb = vm->sb_active && vm->sb_mem_cap && after > vm->sb_mem_base + vm->sb_mem_cap;
+    if (over_vm || over_sb) {
+      /* Lua retries a refused allocation once after an emergency full GC: a second refusal of
+       * the same block means the memory error is real. */
+      if (vm->fail_ptr == ptr && vm->fail_osize == osize && vm->fail_nsize == nsize &&
+          vm->abort == FM_VM_OK) {
+        if (vm->sb_active) vm->abort = FM_VM_ABORT_SANDBOX_MEMORY;
+        else if (vm->in_request) vm->abort = FM_VM_ABORT_MEMORY;
+      }
+      vm->fail_ptr = ptr;
+      vm->fail_osize = osize;
+      vm->fail_nsize = nsize;
+      return NULL;
+    }
   }
   void *p = realloc(ptr, nsize);
   if (!p) return NULL;
@@ -56,12 +68,20 @@ static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
 static void budget_hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
   struct fm_vm *vm = fm_vm_from_lua(L);
-  if (!vm->in_request || !vm->budget) return;
-  vm->used += HOOK_STEP;
-  if (vm->used > vm->budget || vm->abort == FM_VM_ABORT_BUDGET) {
-    vm->abort = FM_VM_ABORT_BUDGET;
-    luaL_error(L, "request exceeded its instruction budget (%I instructions)",
-               (lua_Integer)vm->budget);
+  if (vm->in_request && vm->budget) {
+    vm->used += HOOK_STEP;
+    if (vm->used > vm->budget || vm->abort == FM_VM_ABORT_BUDGET) {
+      vm->abort = FM_VM_ABORT_BUDGET;
+      luaL_error(L, "request exceeded its instruction budget (%I instructions)",
+                 (lua_Integer)vm->budget);
+    }
+  }
+  if (vm->sb_active && vm->sb_budget) {
+    vm->sb_used += HOOK_STEP;
+    if (vm->sb_used > vm->sb_budget || vm->abort == FM_VM_ABORT_SANDBOX_BUDGET) {
+      if (vm->abort == FM_VM_OK) vm->abort = FM_VM_ABORT_SANDBOX_BUDGET;
+      luaL_error(L, "exceeded its instruction budget (%I instructions)", (lua_Integer)vm->sb_budget);
+    }
   }
 }
 
@@ -69,12 +89,13 @@ static void budget_hook(lua_State *L, lua_Debug *ar) {
  * Lua code, so it is raised again in the caller. */
 static int must_rethrow(lua_State *L, int status) {
   struct fm_vm *vm = fm_vm_from_lua(L);
-  if (!vm->in_request) return 0;
+  if (!vm->in_request && !vm->sb_active) return 0;
   /* A memory error re-raised by coroutine.wrap arrives as a runtime error; Lua's own message
    * for it is fixed, so it is recognised here too (the error object is on the top). */
-  if (status == LUA_ERRMEM ||
-      (lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "not enough memory") == 0))
-    vm->abort = FM_VM_ABORT_MEMORY;
+  if (vm->abort == FM_VM_OK &&
+      (status == LUA_ERRMEM ||
+       (lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "not enough memory") == 0)))
+    vm->abort = vm->sb_active ? FM_VM_ABORT_SANDBOX_MEMORY : FM_VM_ABORT_MEMORY;
   return vm->abort != FM_VM_OK;
 }
 
@@ -156,6 +177,40 @@ void fm_vm_preload(lua_State *L, enum fm_vm_mode mode) {
   lua_pop(L, 1);
 }
 
+/* package.searchers entry for a VM made from a generation: FM_HOME modules come from the
+ * generation's snapshot, never from the disk, so every worker runs the bytes that were checked.
+ * "a.b" is lua/a/b.lua or lua/a/b/init.lua; "config" is config.lua. */
+static int snapshot_searcher(lua_State *L) {
+  struct fm_vm *vm = fm_vm_from_lua(L);
+  const char *name = luaL_checkstring(L, 1);
+  char rel[512];
+  size_t n = strlen(name);
+  if (n == 0 || n > 200) {
+    lua_pushliteral(L, "\n\tnot a module name of the generation");
+    return 1;
+  }
+  char mod[256];
+  for (size_t i = 0; i <= n; i++) mod[i] = name[i] == '.' ? '/' : name[i];
+  const char *tries[3];
+  char c1[512], c2[512];
+  snprintf(c1, sizeof c1, "lua/%s.lua", mod);
+  snprintf(c2, sizeof c2, "lua/%s/init.lua", mod);
+  tries[0] = c1;
+  tries[1] = c2;
+  tries[2] = strcmp(name, "config") == 0 ? "config.lua" : NULL;
+  for (int i = 0; i < 3 && tries[i]; i++) {
+    const struct fm_source_file *f = fm_gen_find(vm->gen, tries[i]);
+    if (!f) continue;
+    snprintf(rel, sizeof rel, "@%s", f->path);
+    if (luaL_loadbufferx(L, f->data, f->len, rel, "t") != LUA_OK) return lua_error(L);
+    lua_pushstring(L, f->path);
+    return 2;
+  }
+  lua_pushfstring(L, "\n\tno file '%s' or '%s' in generation %d of FM_HOME", c1, c2,
+                  (int)vm->gen->number);
+  return 1;
+}
+
 /* Runs inside lua_pcall so an allocation failure during setup is an error, not a panic. */
 static int vm_setup(lua_State *L) {
   const struct fm_vm_opts *o = lua_touserdata(L, 1);
@@ -177,12 +232,24 @@ static int vm_setup(lua_State *L) {
     luaL_addstring(&b, o->extra_path);
     luaL_addchar(&b, ';');
   }
-  lua_pushfstring(L, "%s/lua/?.lua;%s/lua/?/init.lua;%s/?.lua;", o->home, o->home, o->home);
-  luaL_addvalue(&b);
+  if (!o->gen) { /* with a generation, FM_HOME is searched in its snapshot instead */
+    lua_pushfstring(L, "%s/lua/?.lua;%s/lua/?/init.lua;%s/?.lua;", o->home, o->home, o->home);
+    luaL_addvalue(&b);
+  }
   lua_getfield(L, -2, "path");
   luaL_addvalue(&b);
   luaL_pushresult(&b);
   lua_setfield(L, -2, "path");
+  if (o->gen) { /* searchers: preload, snapshot, then Lua and C paths */
+    lua_getfield(L, -1, "searchers");
+    for (lua_Integer i = (lua_Integer)luaL_len(L, -1); i >= 2; i--) {
+      lua_rawgeti(L, -1, i);
+      lua_rawseti(L, -2, i + 1);
+    }
+    lua_pushcfunction(L, snapshot_searcher);
+    lua_rawseti(L, -2, 2);
+    lua_pop(L, 1);
+  }
   lua_pop(L, 1);
 
   fm_vm_preload(L, o->mode);
@@ -197,6 +264,8 @@ int fm_vm_new(const struct fm_vm_opts *opts, struct fm_vm **out, struct fm_err *
   vm->mem_limit = opts->mem_limit;
   vm->worker_id = opts->worker_id;
   vm->mode = opts->mode;
+  vm->gen = opts->gen;
+  snprintf(vm->home, sizeof vm->home, "%s", opts->home);
   vm->L = lua_newstate(vm_alloc, vm);
   if (!vm->L) {
     free(vm);

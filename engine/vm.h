@@ -10,8 +10,20 @@
 #include <stddef.h>
 #include <stdint.h>
 
-enum fm_vm_mode { FM_VM_SERVE = 0, FM_VM_EXEC = 1 };
-enum fm_vm_abort { FM_VM_OK = 0, FM_VM_ABORT_BUDGET = 1, FM_VM_ABORT_MEMORY = 2 };
+/* SERVE: workers and the reload check; EXEC: `faultmaven exec` (adds fm.proc); ADMIN: the REPL's VM
+ * (adds fm.admin_core and engine.reload). */
+enum fm_vm_mode { FM_VM_SERVE = 0, FM_VM_EXEC = 1, FM_VM_ADMIN = 2 };
+/* BUDGET and MEMORY end the request; SANDBOX_* end only the sandbox run (fm.sandbox) that hit
+ * its own limit. */
+enum fm_vm_abort {
+  FM_VM_OK = 0,
+  FM_VM_ABORT_BUDGET = 1,
+  FM_VM_ABORT_MEMORY = 2,
+  FM_VM_ABORT_SANDBOX_BUDGET = 3,
+  FM_VM_ABORT_SANDBOX_MEMORY = 4,
+};
+
+struct fm_gen;
 
 struct fm_vm_opts {
   const char *home;       /* FM_HOME: config.lua and lua/ live here; required */
@@ -19,6 +31,8 @@ struct fm_vm_opts {
   size_t mem_limit;       /* bytes; 0 = unlimited */
   enum fm_vm_mode mode;   /* EXEC adds fm.proc */
   int worker_id;          /* -1 outside the worker pool */
+  struct fm_gen *gen;     /* load FM_HOME modules from this generation's snapshot (reload.h);
+                           * NULL: from the files on disk (exec, check-config) */
 };
 
 struct fm_vm {
@@ -31,6 +45,12 @@ struct fm_vm {
   int abort; /* enum fm_vm_abort, set when the current request hit a limit */
   int worker_id;
   enum fm_vm_mode mode;
+  struct fm_gen *gen; /* not owned: whoever made the VM keeps the generation alive */
+  char home[4096];
+  /* the current sandbox run (fm.sandbox), if any: its own budget and memory cap */
+  int sb_active;
+  uint64_t sb_budget, sb_used;
+  size_t sb_mem_base, sb_mem_cap;
   /* last refused allocation, to tell Lua's retry-after-GC from a first refusal */
   const void *fail_ptr;
   size_t fail_osize, fail_nsize;

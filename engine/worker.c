@@ -2,6 +2,7 @@
 
 #include "log.h"
 #include "metrics.h"
+#include "reload.h"
 #include "state.h"
 
 #include <lauxlib.h>
@@ -17,6 +18,8 @@ struct worker {
   int id;
   struct fm_vm *vm;
   int handle_ref;
+  struct fm_gen *gen;  /* the generation its VM was made from (a reference) */
+  long failed_gen;     /* a generation this worker could not load; not retried */
   int started;
   char label[32]; /* worker="N" for the per-worker metrics */
   atomic_size_t lua_memory; /* after its last request, sampled by the metrics collector */
@@ -160,16 +163,51 @@ static void collect_gauges(void) {
   pthread_mutex_unlock(&g_mu);
 }
 
+/* A new VM from the published generation into w (w->vm, w->handle_ref, w->gen). */
 static int make_vm(struct worker *w, struct fm_err *err) {
   struct fm_vm_opts o = g_cfg.vm;
   o.worker_id = w->id;
-  if (fm_vm_new(&o, &w->vm, err)) return FM_E_LUA;
+  o.gen = fm_gen_acquire();
+  if (fm_vm_new(&o, &w->vm, err)) {
+    fm_gen_release(o.gen);
+    return FM_E_LUA;
+  }
   if (fm_app_load(w->vm, &w->handle_ref, err)) {
     fm_vm_free(w->vm);
     w->vm = NULL;
+    fm_gen_release(o.gen);
     return FM_E_LUA;
   }
+  w->gen = o.gen;
   return 0;
+}
+
+/* Replaces the worker's VM with a new one; on failure keeps the old one (and returns nonzero). */
+static int replace_vm(struct worker *w, const char *why) {
+  struct fm_vm *old = w->vm;
+  int old_ref = w->handle_ref;
+  struct fm_gen *old_gen = w->gen;
+  struct fm_err e = {0};
+  if (make_vm(w, &e)) {
+    /* Keep serving on the old VM rather than lose the worker (the host may be short of memory). */
+    fm_error("worker %d: cannot build a new VM (%s), keeping the old one: %s", w->id, why, e.msg);
+    w->vm = old;
+    w->handle_ref = old_ref;
+    w->gen = old_gen;
+    return -1;
+  }
+  fm_vm_free(old);
+  fm_gen_release(old_gen);
+  atomic_store(&w->lua_memory, w->vm->mem_used);
+  return 0;
+}
+
+static long vm_gen(const struct worker *w) { return w->gen ? w->gen->number : 0; }
+
+/* Should this worker switch to the published generation now? (Called with g_mu held.) */
+static int gen_stale(const struct worker *w) {
+  long g = fm_generation();
+  return g != vm_gen(w) && g != w->failed_gen;
 }
 
 static void run_one(struct worker *w, struct fm_request *req) {
@@ -208,19 +246,7 @@ static void run_one(struct worker *w, struct fm_request *req) {
   if (replace) {
     fm_warn("worker %d: Lua memory still %zu bytes after a full GC, replacing its VM", w->id,
             w->vm->mem_used);
-    struct fm_vm *old = w->vm;
-    int old_ref = w->handle_ref;
-    struct fm_err e2 = {0};
-    if (make_vm(w, &e2)) {
-      /* Keep serving on the old VM rather than lose the worker (the files on disk may have
-       * changed since start, or the host is short of memory). */
-      fm_error("worker %d: cannot build a new VM, keeping the old one: %s", w->id, e2.msg);
-      w->vm = old;
-      w->handle_ref = old_ref;
-    } else {
-      fm_vm_free(old);
-      atomic_fetch_add(&fm_state.vm_restarts, 1);
-    }
+    if (replace_vm(w, "memory") == 0) atomic_fetch_add(&fm_state.vm_restarts, 1);
   }
   fm_log_set_request_id(NULL);
 }
@@ -238,7 +264,14 @@ static void *worker_main(void *arg) {
 
   for (;;) {
     pthread_mutex_lock(&g_mu);
-    while (!g_head && !g_stopping) pthread_cond_wait(&g_cv, &g_mu);
+    while (!g_head && !g_stopping && !gen_stale(w)) pthread_cond_wait(&g_cv, &g_mu);
+    if (gen_stale(w) && !g_stopping) { /* between two requests: switch generations */
+      long target = fm_generation();
+      pthread_mutex_unlock(&g_mu);
+      if (replace_vm(w, "new generation")) w->failed_gen = target;
+      else fm_debug("worker %d: now on generation %ld", w->id, vm_gen(w));
+      continue;
+    }
     struct fm_request *req = g_head;
     if (!req) { /* stopping and the queue is empty */
       pthread_mutex_unlock(&g_mu);
@@ -255,7 +288,15 @@ static void *worker_main(void *arg) {
   }
   fm_vm_free(w->vm);
   w->vm = NULL;
+  fm_gen_release(w->gen);
+  w->gen = NULL;
   return NULL;
+}
+
+void fm_workers_wake(void) {
+  pthread_mutex_lock(&g_mu);
+  pthread_cond_broadcast(&g_cv);
+  pthread_mutex_unlock(&g_mu);
 }
 
 void fm_workers_dispatch(struct fm_request *req, void *ud) {

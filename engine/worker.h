@@ -1,5 +1,6 @@
-/* worker.h: the Lua worker pool. Each worker thread owns one VM for life (replaced only after it
- * hit its memory cap) and runs fm.app.handle for one request at a time. */
+/* worker.h: the Lua worker pool. Each worker thread owns one VM and runs fm.app.handle for one
+ * request at a time. Between two requests a worker replaces its VM when a new Lua generation was
+ * published (reload.h), or when the VM stayed above half its memory cap. */
 #ifndef FM_WORKER_H
 #define FM_WORKER_H
 
@@ -23,6 +24,8 @@ int fm_app_load(struct fm_vm *vm, int *handle_ref, struct fm_err *err);
 int fm_workers_start(const struct fm_workers_config *cfg, struct fm_err *err);
 /* fm_http_dispatch_fn: queues a request for the next free worker. */
 void fm_workers_dispatch(struct fm_request *req, void *ud);
+/* Wakes idle workers so they switch to a newly published generation before the next request. */
+void fm_workers_wake(void);
 /* Lets the workers finish the queue, then joins them and frees their VMs. */
 void fm_workers_stop(void);
 

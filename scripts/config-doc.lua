@@ -20,8 +20,8 @@ This page is generated from `config.lua` (`build/faultmaven exec scripts/config-
 test fails when the two differ.
 ]])
 p()
-p("| variable | default | meaning |")
-p("|---|---|---|")
+p("| variable | default | meaning | applies |")
+p("|---|---|---|---|")
 for _, s in ipairs(config.specs) do
   local default = s.default_doc
   if not default then
@@ -34,7 +34,8 @@ for _, s in ipairs(config.specs) do
   if s.kind == "enum" then kind = table.concat(s.values, " \\| ") end
   if s.min and s.max then kind = string.format("%s, %s to %s", s.kind,
       math.tointeger(s.min) or s.min, math.tointeger(s.max) or s.max) end
-  p(string.format("| `%s` | %s | %s (%s) |", s.env, default, s.doc, kind))
+  p(string.format("| `%s` | %s | %s (%s) | %s |", s.env, default, s.doc, kind,
+    s.reload and "reload" or "restart"))
 end
 p()
 p([[
@@ -42,8 +43,12 @@ p([[
 ]])
 p()
 p([[
-- Settings are read once at start: the listen address, worker and thread counts and every limit
-  need a restart to change.
+- "applies": `reload` settings take effect with the next Lua generation (a change to
+  `config.lua` under FM_HOME, SIGHUP, `faultmaven reload`); `restart` settings are held by C from
+  start (listen address, worker and thread counts, most limits). A reload that would change a
+  `restart` setting keeps the running value, logs "restart required" and lists the setting under
+  `restart_required` in `/health` (component `lua`). The environment itself is read at start:
+  changing a variable always needs a restart.
 - `FM_HOME` is resolved before `config.lua` is read: the variable, else the current directory
   when it holds `config.lua`, else the install prefix (`share/faultmaven`).
 - Memory cap and instruction budget: a request whose Lua code allocates past `FM_LUA_MEMORY_MB`

@@ -56,12 +56,30 @@ M.register("engine", function()
   }
 end)
 
+-- The Lua side: memory of the VM answering, the generation served, and the last reload. A failed
+-- reload leaves the previous generation serving and turns this component degraded, with where
+-- the build failed, until a later reload succeeds.
 M.register("lua", function()
   local i = engine.info()
   local used, limit = i.lua_memory_bytes, i.lua_memory_limit
   local status = (limit > 0 and used > limit * 0.8) and "degraded" or "healthy"
-  return status, { version = i.lua_version, generation = 1, memory_bytes = used,
-                   memory_limit_bytes = limit }
+  local r = engine.reload_status()
+  local out = { version = i.lua_version, generation = r.generation, memory_bytes = used,
+                memory_limit_bytes = limit, reloads_ok = r.reloads_ok,
+                reloads_failed = r.reloads_failed }
+  local last = r.last
+  if last then
+    out.last_reload = { ok = last.ok, reason = last.reason, at = last.at,
+                        generation = last.generation }
+  end
+  if r.failed and last and not last.ok then
+    status = "degraded"
+    out.reload_error = { file = last.file, line = last.line, message = last.message,
+                         at = last.at }
+  end
+  local restart = r.report and r.report.restart_required
+  if restart and #restart > 0 then out.restart_required = restart end
+  return status, out
 end)
 
 -- The data directory must be writable: uploads, the embedded database and temp files live there.
