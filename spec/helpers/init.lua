@@ -10,6 +10,8 @@
 --   helpers.bin()                           engine binary: FM_BIN or <root>/build/faultmaven
 --   helpers.free_port()                     a free loopback TCP port
 --   helpers.tmpdir(prefix)                  a new temp dir, removed by helpers.cleanup()
+--   helpers.copy_home(prefix)               a temp copy of config.lua, lua/, playbooks/
+--   helpers.replace_file(path, data)        write beside + rename, like an editor saving
 --   helpers.wait_until(fn, timeout, step)   poll fn until it returns a truthy value
 --   helpers.sleep(s), helpers.now()         wall-clock helpers (monotonic where available)
 --   helpers.shell(cmd)                      run a shell command: ok, exit code, output
@@ -269,6 +271,28 @@ function Proc:kill()
   if self.how then return self.how, self.code end
   self:signal("KILL")
   return self:wait(10)
+end
+
+-- A copy of the engine's Lua tree (config.lua, lua/, playbooks/ if any) in a new temp dir, to
+-- start an engine with FM_HOME pointing at it and change files under it. Returns the dir.
+function helpers.copy_home(prefix)
+  local dir = helpers.tmpdir(prefix or "fm-home-")
+  local cmd = "cp -R " .. shell_quote(helpers.root .. "/config.lua") .. " "
+    .. shell_quote(helpers.root .. "/lua") .. " " .. shell_quote(dir .. "/")
+  local ok, _, out = helpers.shell(cmd)
+  assert(ok, "copy_home: " .. tostring(out))
+  if helpers.file_exists(helpers.root .. "/playbooks") then
+    assert(helpers.shell("cp -R " .. shell_quote(helpers.root .. "/playbooks") .. " "
+      .. shell_quote(dir .. "/")))
+  end
+  return dir
+end
+
+-- Replaces a file the way editors save: write a temp file beside it, then rename over it.
+function helpers.replace_file(path, data)
+  local tmp = path .. ".fm-tmp~"
+  helpers.write_file(tmp, data)
+  assert(os.rename(tmp, path))
 end
 
 -- ------------------------------------------------------------------------------------------------
