@@ -91,6 +91,16 @@ M.specs = {
   { env = "DASHBOARD_URL", key = "dashboard_url", reload = true, kind = "string",
     default = "http://localhost:3333",
     doc = "URL of the FaultMaven dashboard, announced in /v1/meta/capabilities." },
+  { env = "FM_ADMIN_SOCKET", key = "admin_socket", kind = "string",
+    default = function(s) return s.data_dir .. "/admin.sock" end,
+    default_doc = "`<FM_DATA_DIR>/admin.sock`",
+    doc = "Unix socket of the admin REPL (`faultmaven repl`, `faultmaven reload`): mode 0600, "
+      .. "only the engine's own user is served. `off` disables it." },
+  { env = "FM_ADMIN_AUDIT_LOG", key = "admin_audit_log", kind = "string",
+    default = function(s) return s.data_dir .. "/admin-audit.log" end,
+    default_doc = "`<FM_DATA_DIR>/admin-audit.log`",
+    doc = "Audit log of the admin REPL: one JSON line per command and per refused connection "
+      .. "(mode 0600, appended)." },
 }
 
 local function trim(s) return (s:gsub("^%s+", ""):gsub("%s+$", "")) end

@@ -1,10 +1,12 @@
 /* main.c: the faultmaven command line and the serve lifecycle. */
+#include "admin.h"
 #include "cors.h"
 #include "http.h"
 #include "httpc.h"
 #include "log.h"
 #include "metrics.h"
 #include "reload.h"
+#include "repl.h"
 #include "state.h"
 #include "util.h"
 #include "vm.h"
@@ -30,6 +32,8 @@ static const char usage[] =
     "  faultmaven serve [options]       run the HTTP API (contract 2.0.0)\n"
     "  faultmaven exec FILE [ARGS...]   run a Lua file in an engine VM with the fm.* modules\n"
     "  faultmaven check-config          print the resolved settings (secrets masked); exit 2 if invalid\n"
+    "  faultmaven repl [-e CODE]        Lua REPL inside the running engine (admin socket)\n"
+    "  faultmaven reload                reload config.lua, lua/ and playbooks/ in the running engine\n"
     "  faultmaven version               print version information\n"
     "  faultmaven --help                this text\n"
     "\n"
@@ -42,6 +46,10 @@ static const char usage[] =
     "  --io-threads N       FM_HTTP_IO_THREADS HTTP I/O threads\n"
     "  --shutdown-grace S   FM_SHUTDOWN_GRACE_S seconds in-flight requests get on SIGTERM\n"
     "  --log-level L        LOG_LEVEL          debug, info, warn, error\n"
+    "\n"
+    "repl and reload options: --socket PATH (else FM_ADMIN_SOCKET, default <data dir>/admin.sock),\n"
+    "  --data-dir DIR, --home DIR; repl -e CODE runs CODE and exits (1 on error); with stdin not a\n"
+    "  terminal, repl runs stdin as one script.\n"
     "\n"
     "Every setting is listed in docs/CONFIG.md; `faultmaven check-config` shows their values.\n";
 
@@ -287,6 +295,7 @@ static int cmd_serve(void) {
     fprintf(stderr, "faultmaven: the Lua code does not load: %s\n", err.msg);
     fm_log_fields(FM_LOG_ERROR, "the Lua code does not load", NULL);
     fm_reload_stop();
+    fm_reload_free();
     return 1;
   }
 
@@ -350,6 +359,7 @@ static int cmd_serve(void) {
   }
   if (fm_reload_start(&err)) fm_log_fields(FM_LOG_ERROR, err.msg, NULL); /* serving goes on */
   fm_http_set_ready(1);
+  fm_admin_start(&wc.vm); /* the admin socket; a problem is logged, serving goes on */
   {
     char f[512];
     snprintf(f, sizeof f, "\"host\":\"%s\",\"port\":%d,\"workers\":%d,\"io_threads\":%d,\"version\":\"%s\"",
@@ -373,9 +383,11 @@ static int cmd_serve(void) {
     fm_warn("shutdown grace of %.0fs over with %d requests still running; exiting", s.grace_s, left);
     _exit(0);
   }
+  fm_admin_stop(); /* ends admin sessions first: admin.reload() waits on the reload thread */
   fm_reload_stop(); /* before the workers: a build must not start while they are torn down */
   fm_http_stop();
   fm_workers_stop();
+  fm_reload_free(); /* workers read the generation and the start settings until they stop */
   fm_httpc_global_cleanup();
   fm_metrics_reset();
   fm_cors_reset();
@@ -385,6 +397,7 @@ static int cmd_serve(void) {
 fail:
   fm_log_fields(FM_LOG_ERROR, err.msg[0] ? err.msg : "start failed", NULL);
   fm_reload_stop();
+  fm_reload_free();
   return rc;
 }
 
@@ -471,6 +484,34 @@ static int cmd_check_config(void) {
   return rc;
 }
 
+/* repl and reload: the admin socket comes from --socket, else from the same settings serve
+ * resolves (FM_HOME/config.lua over the environment and the flags). */
+static int cmd_admin_client(int argc, char **argv, int reload) {
+  struct fm_repl_opts o = {.reload = reload};
+  if (fm_repl_parse_args(argc, argv, 2, &o)) return 2;
+  char path[PATH_MAX];
+  if (!o.socket) {
+    struct fm_err err = {0};
+    struct fm_vm *vm = NULL;
+    if (resolve_home(&err) || !(vm = boot_vm(FM_VM_SERVE, &err))) {
+      fprintf(stderr, "faultmaven: %s\n", err.msg);
+      return 2;
+    }
+    lua_pushcfunction(vm->L, l_require_settings);
+    if (fm_vm_pcall(vm, 0, 1, &err)) {
+      char *tb = strstr(err.msg, "\nstack traceback:");
+      if (tb) *tb = '\0';
+      fprintf(stderr, "faultmaven: %s\n", err.msg);
+      fm_vm_free(vm);
+      return 2;
+    }
+    get_str(vm->L, "admin_socket", path, sizeof path);
+    fm_vm_free(vm);
+    o.socket = path;
+  }
+  return fm_repl_run(&o);
+}
+
 static int cmd_version(void) {
   printf("faultmaven %s\n", FM_VERSION);
   printf("  %s, libmicrohttpd %s, %s, jansson %s\n", LUA_RELEASE, MHD_get_version(),
@@ -493,6 +534,8 @@ int main(int argc, char **argv) {
     if (parse_flags(argc, argv, 2)) return 2;
     return cmd_check_config();
   }
+  if (!strcmp(cmd, "repl")) return cmd_admin_client(argc, argv, 0);
+  if (!strcmp(cmd, "reload")) return cmd_admin_client(argc, argv, 1);
   if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) return cmd_version();
   fprintf(stderr, "faultmaven: unknown command '%s' (see faultmaven --help)\n", cmd);
   return 2;

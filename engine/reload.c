@@ -749,6 +749,9 @@ void fm_reload_stop(void) {
   g_thread_started = 0;
   pthread_mutex_unlock(&g_mu);
   if (started) pthread_join(g_thread, NULL);
+}
+
+void fm_reload_free(void) {
   pthread_mutex_lock(&g_mu);
   struct fm_gen *g = g_current;
   g_current = NULL;

@@ -57,8 +57,10 @@ struct fm_reload_outcome {
 int fm_reload_init(const struct fm_reload_config *cfg, struct fm_err *err);
 /* Starts the reload thread and, if configured, the inotify watcher. */
 int fm_reload_start(struct fm_err *err);
-/* Stops both threads and drops the current generation. */
+/* Stops both threads (no build starts or runs afterwards). */
 void fm_reload_stop(void);
+/* Drops the current generation and the start settings: after the workers stopped. */
+void fm_reload_free(void);
 
 /* Asks for a reload and returns at once (SIGHUP, inotify). */
 void fm_reload_trigger(const char *reason);

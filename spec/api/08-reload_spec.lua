@@ -238,7 +238,8 @@ describe("hot reload", function()
     local cases = {
       { "while true do end", "exceeded its instruction budget" },
       { "return string.rep('x', 1 << 30)", "exceeded its memory cap" },
-      { "os.execute('touch " .. engine.home .. "/pwned') return {}", "attempt to call a nil value" },
+      { "os.execute('touch " .. engine.home .. "/pwned') return {}",
+        "attempt to call a nil value" },
       { PLAYBOOK:format("disk-full"), "duplicate playbook id 'disk%-full'" },
       { "return { id = 'x', title = 'X', version = 'latest', description = 'd' }",
         "semantic version" },

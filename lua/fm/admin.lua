@@ -1,0 +1,197 @@
+-- fm.admin: the `admin` table of the admin REPL (`faultmaven repl`; docs/OPERATIONS.md).
+--
+-- The admin VM (engine/l_admin.c) sets the global `admin` to this module. It is a plain table of
+-- functions: later issues add theirs (admin.cases(), admin.sessions(), ...) and a line to
+-- M.help_text. Everything here reads engine state; only reload() and log_level(x) change it.
+local engine = require "fm.engine"
+local log = require "fm.log"
+local core = require "fm.admin_core"
+
+local M = {}
+
+-- The reload facts of engine/l_engine.c when the engine has hot reload; nil before.
+local function reload_status()
+  if type(engine.reload_status) ~= "function" then return nil end
+  return engine.reload_status()
+end
+
+local function generation(st)
+  local i = engine.info()
+  return i.generation or (st and st.generation) or 1
+end
+
+--- Engine counters: uptime, generation, requests, workers, queue and memory.
+function M.stats()
+  local i = engine.info()
+  local st = reload_status()
+  local mem = core.memory()
+  return {
+    version = i.version,
+    uptime_s = i.uptime_s,
+    generation = generation(st),
+    reload_failed = st and st.failed or false,
+    readiness = i.readiness,
+    requests = i.requests,
+    inflight = i.inflight,
+    workers = i.workers,
+    workers_busy = i.workers_busy,
+    queued = i.queued,
+    vm_restarts = i.vm_restarts,
+    memory = {
+      rss_bytes = mem.rss_bytes,
+      lua_workers_bytes = mem.lua_workers_bytes,
+      lua_admin_bytes = mem.lua_admin_bytes,
+      lua_limit_bytes = i.lua_memory_limit,
+    },
+  }
+end
+
+--- Reloads config.lua, lua/ and playbooks/ now; returns the outcome
+-- {ok, changed, generation, reason, at, file, line, message, restart_required}.
+function M.reload()
+  if type(engine.reload) ~= "function" then
+    error("hot reload is not available in this engine (fm.engine has no reload)", 2)
+  end
+  local out = engine.reload("admin")
+  if type(out) == "table" and out.generation == nil then
+    out.generation = generation(reload_status())
+  end
+  return out
+end
+
+local function list_of(v)
+  if type(v) == "table" then return v end
+  if type(v) == "string" and v ~= "" then
+    local out = {}
+    for item in v:gmatch("[^,%s]+") do out[#out + 1] = item end
+    return out
+  end
+  return {}
+end
+
+--- For `faultmaven reload`: ok, a human summary of admin.reload().
+function M.reload_summary()
+  local ok, out = pcall(M.reload)
+  if not ok then return false, "reload failed: " .. tostring(out) end
+  if type(out) ~= "table" then return false, "reload failed: no outcome" end
+  local lines = {}
+  if out.ok then
+    if out.changed == false then
+      lines[1] = ("unchanged: generation %s still serving (no file changed)"):format(
+        tostring(out.generation))
+    else
+      lines[1] = ("reloaded: generation %s serving"):format(tostring(out.generation))
+    end
+  else
+    local where = out.file and out.file ~= "" and
+      (out.line and out.line > 0 and (out.file .. ":" .. out.line .. ": ") or (out.file .. ": "))
+      or ""
+    lines[1] = "reload failed: " .. where .. tostring(out.message or "unknown error")
+    lines[2] = ("generation %s still serving"):format(tostring(out.generation))
+  end
+  local restart = list_of(out.restart_required)
+  if #restart > 0 then
+    lines[#lines + 1] = "restart required to apply: " .. table.concat(restart, ", ")
+  end
+  return out.ok and true or false, table.concat(lines, "\n")
+end
+
+local function by(...)
+  local fields = { ... }
+  return function(a, b)
+    for _, f in ipairs(fields) do
+      local x, y = tostring(a[f] or ""), tostring(b[f] or "")
+      if x ~= y then return x < y end
+    end
+    return false
+  end
+end
+
+--- The routes of the serving generation: {{method=, pattern=, max_body=}, ...}.
+function M.routes()
+  local st = reload_status()
+  local src = st and st.report and st.report.routes
+  if not src then src = require("fm.app").route_limits() end -- engines without hot reload
+  local out = {}
+  for i, r in ipairs(src) do
+    out[i] = { method = r.method, pattern = r.pattern, max_body = r.max_body }
+  end
+  table.sort(out, by("pattern", "method"))
+  return out
+end
+
+--- The playbooks of the serving generation and the load errors of the last failed build:
+-- {playbooks = {{id=, title=, version=, file=}, ...}, errors = {{file=, line=, message=}, ...}}.
+function M.playbooks()
+  local st = reload_status()
+  local report = st and st.report or {}
+  local out = { playbooks = {}, errors = {} }
+  for i, p in ipairs(report.playbooks or {}) do
+    out.playbooks[i] = { id = p.id, title = p.title, version = p.version, file = p.file }
+  end
+  table.sort(out.playbooks, by("id"))
+  for i, e in ipairs(report.playbook_errors or {}) do
+    out.errors[i] = { file = e.file, line = e.line, message = e.message }
+  end
+  if st and st.failed and st.last and #out.errors == 0 and st.last.message then
+    out.errors[1] = { file = st.last.file, line = st.last.line, message = st.last.message }
+  end
+  return out
+end
+
+--- How a setting's value is shown: secrets (spec.secret) masked when set.
+function M.mask(spec, value)
+  if spec.secret and value ~= nil and value ~= "" then return "********" end
+  return value
+end
+
+--- Every setting by environment variable name, secrets masked: config.lua over the environment,
+-- with the settings C holds from start at the values the engine runs with (config.pin).
+function M.config()
+  local config = require "config"
+  local s, errs = config.resolve(os.getenv)
+  if not s then error("invalid configuration: " .. table.concat(errs, "; "), 2) end
+  local boot = type(engine.boot_settings) == "function" and engine.boot_settings()
+  if boot and config.pin then config.pin(s, require("fm.json").decode(boot)) end
+  local out = {}
+  for _, spec in ipairs(config.specs) do out[spec.env] = M.mask(spec, rawget(s, spec.key)) end
+  return out
+end
+
+--- Runs every health check now: {status=, components={name = {status=, ...}}}.
+function M.health()
+  local status, components = require("fm.services.health").check_all()
+  return { status = status, components = components }
+end
+
+--- log_level() -> the engine's log level; log_level(name) sets it and returns the previous one.
+function M.log_level(level)
+  if level == nil then return log.level() end
+  local ok, prev = pcall(log.level, level)
+  if type(level) ~= "string" or not ok then
+    error("log_level: expected debug, info, warn, error or off", 2)
+  end
+  return prev
+end
+
+M.help_text = {
+  { "admin.stats()", "uptime, generation, requests, workers, queue, memory" },
+  { "admin.reload()", "reload config.lua, lua/ and playbooks/ now; the outcome" },
+  { "admin.routes()", "routes of the serving generation" },
+  { "admin.playbooks()", "playbooks, and load errors of the last failed build" },
+  { "admin.config()", "every setting, secrets masked" },
+  { "admin.health()", "run every health check now" },
+  { "admin.log_level([l])", "the log level; with l (debug, info, warn, error, off) set it" },
+  { "admin.help()", "this list" },
+}
+
+--- Prints what the admin table offers.
+function M.help()
+  local lines = { "admin functions:" }
+  for _, h in ipairs(M.help_text) do lines[#lines + 1] = ("  %-22s %s"):format(h[1], h[2]) end
+  lines[#lines + 1] = "Any Lua runs here, with require(\"fm.*\") modules; globals persist."
+  lines[#lines + 1] = "Expressions print their value; Ctrl-C cancels a running command."
+  print(table.concat(lines, "\n"))
+end
+
+return M
