@@ -115,17 +115,6 @@ static struct {
 
 /* ---- frames ------------------------------------------------------------------------------- */
 
-static int send_all(int fd, const char *p, size_t n) {
-  while (n > 0) {
-    ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) return -1;
-    p += w;
-    n -= (size_t)w;
-  }
-  return 0;
-}
-
 /* A frame under construction: 4 bytes reserved for the length, then the JSON text. */
 static void frame_begin(struct fm_buf *b) { fm_buf_add(b, "\0\0\0\0{", 5); }
 
@@ -136,7 +125,7 @@ static int frame_send(int fd, struct fm_buf *b, int dontwait) {
   b->p[1] = (char)(n >> 16);
   b->p[2] = (char)(n >> 8);
   b->p[3] = (char)n;
-  if (!dontwait) return send_all(fd, b->p, b->len);
+  if (!dontwait) return fm_send_all(fd, b->p, b->len);
   return send(fd, b->p, b->len, MSG_NOSIGNAL | MSG_DONTWAIT) == (ssize_t)b->len ? 0 : -1;
 }
 

@@ -12,6 +12,7 @@
 
 #include "admin.h"
 #include "buf.h"
+#include "util.h"
 
 #include <editline/readline.h>
 #include <errno.h>
@@ -73,17 +74,6 @@ static int catch_sigint(void) {
 
 /* ---- frames ------------------------------------------------------------------------------- */
 
-static int send_all(int fd, const char *p, size_t n) {
-  while (n > 0) {
-    ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) return -1;
-    p += w;
-    n -= (size_t)w;
-  }
-  return 0;
-}
-
 /* Sends {"op": op [, "code": code]}. */
 static int send_request(struct client *c, const char *op, const char *code, size_t len) {
   struct fm_buf b = {0};
@@ -105,7 +95,7 @@ static int send_request(struct client *c, const char *op, const char *code, size
   b.p[1] = (char)(n >> 16);
   b.p[2] = (char)(n >> 8);
   b.p[3] = (char)n;
-  int rc = send_all(c->fd, b.p, b.len);
+  int rc = fm_send_all(c->fd, b.p, b.len);
   fm_buf_free(&b);
   return rc;
 }

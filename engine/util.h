@@ -28,6 +28,8 @@ void fm_fast_id_hex(char *out, size_t outsz);
 
 /* mkdir -p with mode for new directories. Returns 0 or FM_E_IO (err set). */
 int fm_mkdirs(const char *path, unsigned mode, struct fm_err *err);
+/* Sends all n bytes on a socket (no SIGPIPE; retries EINTR and short writes). 0 or -1. */
+int fm_send_all(int fd, const void *p, size_t n);
 /* Removes the regular files directly in dir (not recursive). Returns the number removed. */
 int fm_clean_dir(const char *dir);
 
