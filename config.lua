@@ -206,6 +206,13 @@ local function show(spec, v)
   return tostring(v)
 end
 
+--- Every setting by variable name, as text, secrets masked (admin.config()).
+function M.describe(s)
+  local out = {}
+  for _, spec in ipairs(M.specs) do out[spec.env] = show(spec, rawget(s, spec.key)) end
+  return out
+end
+
 --- For `faultmaven check-config`: ok, report text.
 function M.check(getenv)
   local s, extra = M.resolve(getenv)

@@ -253,6 +253,17 @@ static void audit_refused(unsigned uid, int pid, const char *reason) {
 
 static const char *const outcome_names[] = {"ok", "error", "cancelled"};
 
+/* Written before a command runs, so one that never ends (stuck in a C call, the engine killed)
+ * is on record too. */
+static void audit_start(const struct session *s, const struct job *j) {
+  struct fm_buf b = {0};
+  audit_begin(&b, j->op == OP_EVAL ? "eval" : "reload", s->uid, s->pid);
+  json_key_str(&b, "code", j->code, j->code_len);
+  json_key_str(&b, "outcome", "started", 7);
+  audit_write(&b);
+  fm_buf_free(&b);
+}
+
 static void audit_job(const struct session *s, const struct job *j, double ms) {
   struct fm_buf b = {0};
   audit_begin(&b, j->op == OP_EVAL ? "eval" : "reload", s->uid, s->pid);
@@ -393,6 +404,7 @@ static int run_job(struct session *s, int op, const char *code, size_t len) {
   int stopping = g.stopping;
   if (!stopping) s->job = j;
   pthread_mutex_unlock(&g.mu);
+  if (!stopping) audit_start(s, j);
   if (stopping || pthread_create(&j->thread, NULL, job_main, j) != 0) {
     pthread_mutex_lock(&g.mu);
     s->job = NULL;

@@ -2,9 +2,12 @@
  * back as arrays even when empty); encode with a small direct encoder. */
 #include "l_json.h"
 
+#include "vm.h"
+
 #include <jansson.h>
 #include <lauxlib.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +18,24 @@
 /* Runs in a protected call set up by the binding, so raising here cannot leak the buffer: the
  * caller owns it through a userdata with __gc. */
 static void encode(lua_State *L, int idx, struct fm_buf *b, int depth);
+
+/* The text encode builds is plain malloc, outside the VM's allocator: it may grow only as far as
+ * the memory the VM (or the sandbox run) has left, or one shared 1 MiB string referenced a
+ * thousand times becomes a gigabyte nobody counted. */
+static _Thread_local size_t t_encode_limit = SIZE_MAX;
+
+static size_t memory_left(lua_State *L) {
+  struct fm_vm *vm = fm_vm_from_lua(L);
+  size_t left = SIZE_MAX;
+  if (!vm) return left;
+  if (vm->mem_limit) left = vm->mem_limit > vm->mem_used ? vm->mem_limit - vm->mem_used : 0;
+  if (vm->sb_active && vm->sb_mem_cap) {
+    size_t used = vm->mem_used > vm->sb_mem_base ? vm->mem_used - vm->sb_mem_base : 0;
+    size_t sb = vm->sb_mem_cap > used ? vm->sb_mem_cap - used : 0;
+    if (sb < left) left = sb;
+  }
+  return left;
+}
 
 static void encode_number(lua_State *L, int idx, struct fm_buf *b) {
   if (lua_isinteger(L, idx)) {
@@ -102,6 +123,9 @@ static void encode(lua_State *L, int idx, struct fm_buf *b, int depth) {
   case LUA_TSTRING: {
     size_t n;
     const char *s = lua_tolstring(L, idx, &n);
+    if (n > t_encode_limit || b->len > t_encode_limit - n)
+      luaL_error(L, "cannot encode JSON: the text would outgrow the Lua memory left (%I bytes)",
+                 (lua_Integer)t_encode_limit);
     fm_buf_add_json_str(b, s, n);
     return;
   }
@@ -135,6 +159,7 @@ struct fm_buf *fm_json_guarded_buf(lua_State *L) {
 }
 
 void fm_json_encode_value(lua_State *L, int idx, struct fm_buf *b) {
+  t_encode_limit = SIZE_MAX; /* a failed fm.json.encode may have left its limit */
   encode(L, lua_absindex(L, idx), b, 0);
 }
 
@@ -142,7 +167,9 @@ static int l_json_encode(lua_State *L) {
   luaL_checkany(L, 1);
   lua_settop(L, 1);
   struct fm_buf *b = fm_json_guarded_buf(L);
+  t_encode_limit = memory_left(L);
   encode(L, 1, b, 0);
+  t_encode_limit = SIZE_MAX;
   lua_pushlstring(L, fm_buf_cstr(b), b->len);
   fm_buf_free(b);
   return 1;
@@ -202,6 +229,14 @@ static int l_json_decode(lua_State *L) {
   const char *s = luaL_checklstring(L, 1, &n);
   lua_Integer max_depth = luaL_optinteger(L, 2, 512);
   if (max_depth < 1) max_depth = 1;
+  /* jansson's tree is outside the VM's allocator too, and takes several times the text: a
+   * sandbox run may decode only what its allowance could hold. */
+  struct fm_vm *vm = fm_vm_from_lua(L);
+  if (vm && vm->sb_active && n > memory_left(L) / 8) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "JSON text too large for the memory this run has left");
+    return 2;
+  }
   json_error_t e;
   json_t *j = json_loadb(s, n, JSON_DECODE_ANY | JSON_ALLOW_NUL, &e);
   if (!j) {
@@ -261,6 +296,10 @@ int luaopen_fm_json(lua_State *L) {
   if (luaL_newmetatable(L, ARRAY_MT)) {
     lua_pushliteral(L, "array");
     lua_setfield(L, -2, "__name");
+    /* Shared by every array of the VM: getmetatable() must not hand it out for changing (a
+     * sandboxed playbook could add a __gc to every array). */
+    lua_pushliteral(L, ARRAY_MT);
+    lua_setfield(L, -2, "__metatable");
   }
   lua_setfield(L, -2, "array_mt");
   lua_pushlightuserdata(L, NULL);

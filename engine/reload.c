@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/inotify.h>
+#include <time.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -28,6 +29,10 @@
 #define MAX_TOTAL_BYTES (64u << 20)
 #define MAX_FILES 10000
 #define MAX_DEPTH 16
+#define RUN_WAIT_S 60
+#define RUN_WAIT_TEXT "60 s"
+/* Instructions the self-check of one generation may run, playbook files included. */
+#define CHECK_BUDGET 500000000ull
 
 #include "worker.h" /* fm_workers_wake */
 
@@ -339,7 +344,7 @@ static void build(const char *reason, struct fm_gen **out, struct fm_routes **ro
   if (fm_vm_new(&vo, &vm, &err)) goto lua_fail;
   /* Module top levels run under a budget too: a `while true do end` there must not hang the
    * reload thread. */
-  fm_vm_begin_request(vm, 1000000000ull);
+  fm_vm_begin_request(vm, CHECK_BUDGET);
   lua_pushcfunction(vm->L, l_selfcheck);
   int rc = fm_vm_pcall(vm, 0, 2, &err);
   fm_vm_end_request(vm);
@@ -536,8 +541,23 @@ int fm_reload_run(const char *reason, struct fm_reload_outcome *out) {
   unsigned long mine = ++g_req_seq;
   snprintf(g_req_reason, sizeof g_req_reason, "%s", reason);
   pthread_cond_signal(&g_cv);
-  while (g_done_seq < mine && !g_stop) pthread_cond_wait(&g_done_cv, &g_mu);
-  *out = g_last;
+  /* A build is bounded by its instruction budget; the deadline is a second line of defence
+   * (time spent inside one C call is not counted), so a caller is never stuck for good. */
+  struct timespec deadline;
+  clock_gettime(CLOCK_REALTIME, &deadline);
+  deadline.tv_sec += RUN_WAIT_S;
+  int timed_out = 0;
+  while (g_done_seq < mine && !g_stop && !timed_out)
+    timed_out = pthread_cond_timedwait(&g_done_cv, &g_mu, &deadline) == ETIMEDOUT;
+  if (g_done_seq >= mine) {
+    *out = g_last;
+  } else {
+    memset(out, 0, sizeof *out);
+    snprintf(out->reason, sizeof out->reason, "%s", reason);
+    out->generation = fm_generation();
+    snprintf(out->message, sizeof out->message, "%s",
+             g_stop ? "the engine is stopping" : "the reload is still running after " RUN_WAIT_TEXT);
+  }
   pthread_mutex_unlock(&g_mu);
   return out->ok ? 0 : -1;
 }
@@ -619,12 +639,32 @@ static void watch_all(struct watches *w) {
   watch_tree(w, "playbooks", 0);
 }
 
-/* Does this event ask for a reload? Adds watches for new directories on the way. */
+/* Kubernetes mounts a ConfigMap as symlinks into a hidden "..2026_11_22..." directory and swaps
+ * versions by renaming a new "..data" symlink over the old one: such names count. */
+static int atomic_writer_name(const char *name) { return name[0] == '.' && name[1] == '.' && name[2]; }
+
+/* Stops watching a directory moved away (and everything below it). */
+static void unwatch_tree(struct watches *w, const char *rel) {
+  size_t n = strlen(rel);
+  for (size_t i = 0; i < w->n;) {
+    const char *r = w->v[i].rel;
+    if (strncmp(r, rel, n) == 0 && (r[n] == '\0' || r[n] == '/')) {
+      inotify_rm_watch(w->fd, w->v[i].wd);
+      w->v[i] = w->v[--w->n];
+    } else {
+      i++;
+    }
+  }
+}
+
+/* Does this event ask for a reload? Adds and removes watches for directories on the way. The
+ * snapshot comparison turns a needless trigger into "unchanged", so this errs on the side of
+ * reloading. */
 static int relevant(struct watches *w, const struct inotify_event *ev) {
   if (ev->mask & IN_Q_OVERFLOW) return 1;
   const char *name = ev->len ? ev->name : "";
   if (ev->wd == w->home_wd) {
-    if (strcmp(name, "config.lua") == 0) return 1;
+    if (strcmp(name, "config.lua") == 0 || atomic_writer_name(name)) return 1;
     if (strcmp(name, "lua") == 0 || strcmp(name, "playbooks") == 0) {
       if (ev->mask & (IN_CREATE | IN_MOVED_TO)) watch_tree(w, name, 0);
       return 1;
@@ -641,16 +681,18 @@ static int relevant(struct watches *w, const struct inotify_event *ev) {
   }
   if (ev->mask & (IN_DELETE_SELF | IN_MOVE_SELF)) return 1;
   const char *rel = wd_rel(w, ev->wd);
-  if (!rel || name[0] == '.' || name[0] == '#') return 0;
+  if (!rel) return 0;
+  if (atomic_writer_name(name)) return (ev->mask & (IN_CREATE | IN_MOVED_TO | IN_DELETE)) != 0;
+  if (name[0] == '.' || name[0] == '#') return 0;
+  char child[PATH_MAX];
+  if (snprintf(child, sizeof child, "%s/%s", rel, name) >= (int)sizeof child) return 0;
   if (ev->mask & IN_ISDIR) {
-    if (ev->mask & (IN_CREATE | IN_MOVED_TO)) {
-      char child[PATH_MAX];
-      if (snprintf(child, sizeof child, "%s/%s", rel, name) < (int)sizeof child) watch_tree(w, child, 1);
-    }
+    if (ev->mask & (IN_CREATE | IN_MOVED_TO)) watch_tree(w, child, 1);
+    if (ev->mask & IN_MOVED_FROM) unwatch_tree(w, child);
     return 1;
   }
-  if (!ends_with(name, ".lua")) return 0;
-  return (ev->mask & IN_CREATE) == 0 || (ev->mask & ~IN_CREATE) != 0; /* a new file: its write follows */
+  /* a new file, a symlink or a hard link (IN_CREATE), written, renamed in or out, removed */
+  return ends_with(name, ".lua");
 }
 
 static void *watch_main(void *arg) {
@@ -687,6 +729,7 @@ static void *watch_main(void *arg) {
       if (due > first + 2.0) due = first + 2.0;
       if (now >= due) {
         first = last = 0;
+        watch_all(w); /* re-points watches at directories a symlink swap replaced */
         fm_reload_trigger("inotify");
       }
     }

@@ -49,8 +49,9 @@ static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
        * the same block means the memory error is real. */
       if (vm->fail_ptr == ptr && vm->fail_osize == osize && vm->fail_nsize == nsize &&
           vm->abort == FM_VM_OK) {
-        if (vm->sb_active) vm->abort = FM_VM_ABORT_SANDBOX_MEMORY;
-        else if (vm->in_request) vm->abort = FM_VM_ABORT_MEMORY;
+        /* the VM's own cap inside a request ends the request, even during a sandbox run */
+        if (over_vm && vm->in_request) vm->abort = FM_VM_ABORT_MEMORY;
+        else if (vm->sb_active) vm->abort = FM_VM_ABORT_SANDBOX_MEMORY;
       }
       vm->fail_ptr = ptr;
       vm->fail_osize = osize;
@@ -164,6 +165,20 @@ static int l_guarded_resume(lua_State *L) {
   return 2;
 }
 
+/* load() with a reader function parses inside Lua's own protected call: a budget or memory abort
+ * raised in the reader would come back as load's `nil, message` and the loop around it would go
+ * on. This load re-raises it. */
+static int l_guarded_load(lua_State *L) {
+  int n = lua_gettop(L);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, n, LUA_MULTRET);
+  struct fm_vm *vm = fm_vm_from_lua(L);
+  if ((vm->in_request || vm->sb_active) && vm->abort != FM_VM_OK && lua_isnil(L, 1))
+    return lua_error(L); /* the message is on the top */
+  return lua_gettop(L);
+}
+
 void fm_vm_preload(lua_State *L, enum fm_vm_mode mode) {
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
   for (const luaL_Reg *m = preloads; m->name; m++) {
@@ -224,6 +239,17 @@ static int vm_setup(lua_State *L) {
   lua_pushcfunction(L, l_guarded_resume);
   lua_setfield(L, -2, "resume");
   lua_pop(L, 1);
+  lua_getglobal(L, "load");
+  lua_pushcclosure(L, l_guarded_load, 1);
+  lua_setglobal(L, "load");
+  if (o->mode == FM_VM_SERVE) {
+    /* Served VMs run sandboxed playbooks, and ("").dump reaches the string table through the
+     * string metatable: no bytecode is made where none is loaded. */
+    lua_getglobal(L, "string");
+    lua_pushnil(L);
+    lua_setfield(L, -2, "dump");
+    lua_pop(L, 1);
+  }
 
   lua_getglobal(L, "package");
   luaL_Buffer b;

@@ -148,6 +148,10 @@ end
 --- Every setting by environment variable name, secrets masked: config.lua over the environment,
 -- with the settings C holds from start at the values the engine runs with (config.pin).
 function M.config()
+  -- The serving generation's own view (its config.lua, pinned, masked) when the engine has one;
+  -- this VM's copy of config.lua was read once, when the admin socket started.
+  local r = reload_status()
+  if r and r.report and type(r.report.config) == "table" then return r.report.config end
   local config = require "config"
   local s, errs = config.resolve(os.getenv)
   if not s then error("invalid configuration: " .. table.concat(errs, "; "), 2) end

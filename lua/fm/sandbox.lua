@@ -11,8 +11,9 @@
 -- tables, so changing `string.format` in one box changes nothing outside it), `require` of
 -- modules under playbooks/lib/ (loaded from the generation's sources into the same box) and of
 -- a few pure fm.* modules (copied), `print`/`log` into the engine log with the box's name.
--- Not reachable: io, os.execute/remove/rename/exit/getenv, debug, load of binary chunks,
--- string.dump, package, collectgarbage control, the host's _G, the string metatable.
+-- Not reachable: io, os.execute/remove/rename/exit/getenv, debug, load of binary chunks or from
+-- a reader function, string.dump (also removed from served VMs, since ("").dump would reach it),
+-- package, collectgarbage control, the host's _G, the string metatable, fm.time.sleep.
 local core = require "fm.sandbox_core"
 local log = require "fm.log"
 
@@ -25,7 +26,13 @@ local function copy(t, keys)
   return out
 end
 
-local safe_modules = { ["fm.json"] = true, ["fm.time"] = true }
+-- Pure engine modules a box may require, and the functions it gets of each (copied: never the
+-- module table, nor anything that leads to shared state such as fm.json's array metatable;
+-- fm.time.sleep would block a worker beyond any instruction budget).
+local safe_modules = {
+  ["fm.json"] = { "encode", "decode", "array", "is_array", "null" },
+  ["fm.time"] = { "now", "monotonic", "iso8601" },
+}
 
 local function valid_module_name(name)
   return type(name) == "string" and #name <= 128 and name:match("^[%a_][%w_]*$")
@@ -86,6 +93,9 @@ function Box:_make_env()
     if mode ~= nil and mode ~= "t" then
       return nil, "only text chunks can be loaded in " .. self.name
     end
+    if type(chunk) ~= "string" then -- a reader function runs inside load's own protected call
+      return nil, "load takes a string in " .. self.name
+    end
     if type(chunk) == "string" and chunk:byte(1) == 27 then
       return nil, "binary chunks cannot be loaded in " .. self.name
     end
@@ -109,7 +119,7 @@ function Box:require(name)
   end
   if self.loaded[name] ~= nil then return self.loaded[name] end
   if safe_modules[name] then
-    local m = copy((require(name)))
+    local m = copy((require(name)), safe_modules[name])
     self.loaded[name] = m
     return m
   end

@@ -47,6 +47,7 @@ local function check()
     restart_required = setmetatable(require("fm.settings.restart_required"),
       require("fm.json").array_mt),
     settings = s,
+    config = require("config").describe(settings), -- what admin.config() shows
   }
 end
 

@@ -243,6 +243,8 @@ describe("hot reload", function()
       { PLAYBOOK:format("disk-full"), "duplicate playbook id 'disk%-full'" },
       { "return { id = 'x', title = 'X', version = 'latest', description = 'd' }",
         "semantic version" },
+      { "local b = (''):dump(function() end) return {}", "attempt to call a nil value" },
+      { "require('fm.time').sleep(3600) return {}", "attempt to call a nil value" },
     }
     for i, case in ipairs(cases) do
       helpers.replace_file(engine.home .. "/playbooks/evil.lua", case[1])
@@ -259,6 +261,45 @@ describe("hot reload", function()
     assert.is_false(helpers.file_exists(engine.home .. "/pwned"))
     os.remove(engine.home .. "/playbooks/evil.lua")
     helpers.wait_until(function() return health(engine).status == "healthy" end, 5, 0.02)
+  end)
+
+  it("sees playbooks added as symlinks, hard links and Kubernetes ConfigMap swaps", function()
+    local engine = start()
+    local pb = engine.home .. "/playbooks"
+    helpers.mkdir(pb)
+    helpers.wait_until(function() return metric(engine, 'fm_reload_total{result="unchanged"}') >= 1
+      or metric(engine, "fm_lua_generation") >= 2 end, 5, 0.02)
+    local outside = helpers.tmpdir("fm-outside-")
+    local function gen() return metric(engine, "fm_lua_generation") end
+    local function expect_new_generation(fn)
+      local before = gen()
+      fn()
+      helpers.wait_until(function() return gen() == before + 1 end, 5, 0.02)
+      assert.equal("healthy", health(engine).status)
+    end
+    helpers.write_file(outside .. "/a.lua", PLAYBOOK:format("from-symlink"))
+    expect_new_generation(function()
+      assert(helpers.shell("ln -s " .. outside .. "/a.lua " .. pb .. "/a.lua"))
+    end)
+    helpers.write_file(outside .. "/b.lua", PLAYBOOK:format("from-hardlink"))
+    expect_new_generation(function()
+      assert(helpers.shell("ln " .. outside .. "/b.lua " .. pb .. "/b.lua"))
+    end)
+    -- the kubelet's atomic writer: versions in hidden dirs, a ..data symlink swapped by rename
+    helpers.mkdir(pb .. "/..v1")
+    helpers.write_file(pb .. "/..v1/c.lua", PLAYBOOK:format("cm-v1"))
+    expect_new_generation(function()
+      assert(helpers.shell("cd " .. pb .. " && ln -s ..v1 ..data && ln -s ..data/c.lua c.lua"))
+    end)
+    helpers.mkdir(pb .. "/..v2")
+    helpers.write_file(pb .. "/..v2/c.lua", PLAYBOOK:format("cm-v2"))
+    expect_new_generation(function()
+      assert(helpers.shell("cd " .. pb .. " && ln -s ..v2 ..data_tmp && mv -T ..data_tmp ..data"))
+    end)
+    local log_entry = engine:wait_log(function(e)
+      return e.msg == "reload: new generation published" and e.generation == gen()
+    end)
+    assert.equal("inotify", log_entry.reason)
   end)
 
   it("refuses to start when generation 1 does not load, saying where", function()

@@ -72,6 +72,35 @@ describe("config.check", function()
   end)
 end)
 
+describe("config.describe (admin.config())", function()
+  it("gives every setting by variable name, secrets masked", function()
+    table.insert(config.specs, { env = "FM_TEST_SECRET", key = "test_secret", kind = "string",
+                                 default = "", secret = true, doc = "test only" })
+    local s = config.resolve(env { FM_TEST_SECRET = "hunter2", FM_PORT = "9000",
+                                   CORS_ALLOW_ORIGINS = "http://a, http://b" })
+    local d = config.describe(s)
+    table.remove(config.specs)
+    assert.equal("********", d.FM_TEST_SECRET)
+    assert.equal("9000", d.FM_PORT)
+    assert.equal("http://a,http://b", d.CORS_ALLOW_ORIGINS)
+    for k in pairs(d) do assert.is_string(d[k], k) end
+  end)
+end)
+
+describe("config.pin", function()
+  it("keeps the start value of restart settings and names them; reload settings change", function()
+    local boot = config.resolve(env { FM_PORT = "9000" })
+    local now = config.resolve(env { FM_PORT = "9001", LOG_LEVEL = "debug",
+                                     CORS_ALLOW_ORIGINS = "http://x" })
+    local changed = config.pin(now, boot)
+    assert.same({ "CORS_ALLOW_ORIGINS", "FM_PORT" }, changed)
+    assert.equal(9000, now.port)
+    assert.same(boot.cors_allow_origins, now.cors_allow_origins)
+    assert.equal("debug", now.log_level) -- reload = true
+    assert.same({}, config.pin(config.resolve(env {}), config.resolve(env {})))
+  end)
+end)
+
 describe("docs/CONFIG.md", function()
   it("is what scripts/config-doc.lua generates from config.lua", function()
     local root = os.getenv("FM_SOURCE_DIR") or "."

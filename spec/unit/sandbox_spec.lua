@@ -192,6 +192,63 @@ describe("fm.sandbox", function()
     assert.equal(2, v)
   end)
 
+  it("refuses load with a reader function (its errors are caught inside load)", function()
+    local ok, r1, r2 = run("return load(function() while true do end end)")
+    assert.is_true(ok)
+    assert.is_nil(r1)
+    assert.matches("load takes a string", r2)
+  end)
+
+  it("the engine's load re-raises a budget abort raised in a reader", function()
+    local core = require "fm.sandbox_core"
+    local ok, kind = core.run({ instructions = 100000 }, function()
+      while true do load(function() while true do end end) end
+    end)
+    assert.is_false(ok)
+    assert.equal("instructions", kind)
+  end)
+
+  it("gets only functions of fm.json and fm.time: no shared metatable, no sleep", function()
+    local ok, res = run([[
+      local json, time = require "fm.json", require "fm.time"
+      local a = json.array {}
+      local changed = pcall(setmetatable, a, nil)
+      pcall(function() getmetatable(a).__gc = function() while true do end end end)
+      return { mt = json.array_mt, seen = getmetatable(a), changed = changed,
+               sleep = time.sleep, now = type(time.now) }
+    ]])
+    assert.is_true(ok)
+    assert.is_nil(res.mt)
+    assert.equal("string", type(res.seen)) -- protected: never the metatable itself
+    assert.is_false(res.changed)
+    assert.is_nil(res.sleep)
+    assert.equal("function", res.now)
+    -- the host's arrays are untouched
+    local json = require "fm.json"
+    assert.equal("[]", json.encode(json.array {}))
+    local mt = debug.getmetatable(json.array {})
+    assert.is_nil(rawget(mt, "__gc"))
+    assert.equal("fm.json.array", rawget(mt, "__metatable"))
+  end)
+
+  it("cannot make fm.json build more text than its memory cap allows", function()
+    local ok, kind, msg = run([[
+      local s = string.rep("x", 1 << 20)
+      local t = {}
+      for i = 1, 1024 do t[i] = s end
+      return #require("fm.json").encode(t)
+    ]], { memory = 4 << 20 })
+    assert.is_false(ok)
+    assert.matches("outgrow the Lua memory left", msg, nil, true)
+    assert.equal("error", kind)
+    local ok2, r1, r2 = run([[
+      return require("fm.json").decode("[" .. string.rep("1,", 300000) .. "1]")
+    ]], { memory = 2 << 20 })
+    assert.is_true(ok2)
+    assert.is_nil(r1)
+    assert.matches("too large", r2)
+  end)
+
   it("does not nest runs", function()
     local b = box()
     local inner = assert(b:load("return 1", "playbooks/inner.lua"))
