@@ -316,10 +316,19 @@ function Engine:log_tail(n)
   return table.concat(lines, "\n", from)
 end
 
+-- The complete lines of the log (a line the engine is still writing is left out).
+function Engine:log_lines()
+  local out = {}
+  for line in self:log():gmatch("([^\n]*)\n") do
+    if line ~= "" then out[#out + 1] = line end
+  end
+  return out
+end
+
 -- The JSON log lines, decoded (lines that are not JSON objects are skipped), each with `_raw`.
 function Engine:log_entries()
   local out = {}
-  for line in self:log():gmatch("[^\n]+") do
+  for _, line in ipairs(self:log_lines()) do
     if line:sub(1, 1) == "{" then
       local ok, entry = pcall(http.json_decode, line)
       if ok and type(entry) == "table" then
