@@ -358,8 +358,9 @@ static int cmd_serve(void) {
     _exit(1);
   }
   if (fm_reload_start(&err)) fm_log_fields(FM_LOG_ERROR, err.msg, NULL); /* serving goes on */
+  /* the admin socket (a problem is logged, serving goes on) is up before readiness says so */
+  fm_admin_start(&wc.vm);
   fm_http_set_ready(1);
-  fm_admin_start(&wc.vm); /* the admin socket; a problem is logged, serving goes on */
   {
     char f[512];
     snprintf(f, sizeof f, "\"host\":\"%s\",\"port\":%d,\"workers\":%d,\"io_threads\":%d,\"version\":\"%s\"",
