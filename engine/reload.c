@@ -56,8 +56,11 @@ static int ends_with(const char *s, const char *suf) {
   return a >= b && memcmp(s + a - b, suf, b) == 0;
 }
 
-/* Editors leave hidden swap and lock files (.x.lua.swp, .#x.lua); only visible *.lua count. */
-static int wanted_name(const char *name) { return name[0] != '.' && name[0] != '#' && ends_with(name, ".lua"); }
+/* Editors leave hidden swap and lock files (.x.lua.swp, .#x.lua); only visible files with the
+ * tree's suffix (*.lua; *.sql under migrations/) count. */
+static int wanted_name(const char *name, const char *suffix) {
+  return name[0] != '.' && name[0] != '#' && ends_with(name, suffix);
+}
 
 static int snap_add(struct snap *s, const char *rel) {
   char path[PATH_MAX];
@@ -113,7 +116,7 @@ static int snap_add(struct snap *s, const char *rel) {
   return 0;
 }
 
-static int snap_walk(struct snap *s, const char *rel, int depth) {
+static int snap_walk(struct snap *s, const char *rel, const char *suffix, int depth) {
   if (depth > MAX_DEPTH) return fm_err_set(s->err, FM_E_INVAL, "%s: directories nested too deep", rel);
   char path[PATH_MAX];
   if (path_join(path, sizeof path, s->home, rel)) return fm_err_set(s->err, FM_E_INVAL, "%s: path too long", rel);
@@ -133,8 +136,8 @@ static int snap_walk(struct snap *s, const char *rel, int depth) {
       is_dir = S_ISDIR(st.st_mode);
       is_reg = S_ISREG(st.st_mode);
     }
-    if (is_dir) rc = snap_walk(s, child, depth + 1);
-    else if (is_reg && wanted_name(e->d_name)) rc = snap_add(s, child);
+    if (is_dir) rc = snap_walk(s, child, suffix, depth + 1);
+    else if (is_reg && wanted_name(e->d_name, suffix)) rc = snap_add(s, child);
   }
   closedir(d);
   return rc;
@@ -147,8 +150,9 @@ static int cmp_file(const void *a, const void *b) {
 int fm_snapshot_read(const char *home, struct fm_source_file **files, size_t *n, struct fm_err *err) {
   struct snap s = {.home = home, .err = err};
   int rc = snap_add(&s, "config.lua");
-  if (!rc) rc = snap_walk(&s, "lua", 0);
-  if (!rc) rc = snap_walk(&s, "playbooks", 0);
+  if (!rc) rc = snap_walk(&s, "lua", ".lua", 0);
+  if (!rc) rc = snap_walk(&s, "playbooks", ".lua", 0);
+  if (!rc) rc = snap_walk(&s, "migrations", ".sql", 0);
   if (rc) {
     fm_snapshot_free(s.v, s.n);
     return rc;

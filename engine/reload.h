@@ -89,7 +89,8 @@ const char *fm_reload_boot_settings(void);
 /* The report of the generation's self-check as JSON text (owned by the generation). */
 const char *fm_gen_report(const struct fm_gen *g);
 
-/* Reads config.lua and every *.lua file under lua/ and playbooks/ in home into a sorted array.
+/* Reads config.lua, every *.lua file under lua/ and playbooks/ and every *.sql file under
+ * migrations/ in home into a sorted array.
  * Returns 0, or an error naming the file (too large, unreadable, too many files). */
 int fm_snapshot_read(const char *home, struct fm_source_file **files, size_t *n, struct fm_err *err);
 void fm_snapshot_free(struct fm_source_file *files, size_t n);
