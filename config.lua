@@ -10,7 +10,22 @@ local M = {}
 local engine_ok, engine = pcall(require, "fm.engine")
 local ncpu = engine_ok and engine.cpu_count() or 2
 
+-- DATABASE_URL is parsed by the engine's own parser (fm.db), so a URL the engine would refuse
+-- stops it here with exit 2; its password is masked wherever the value is shown.
+local db_ok, db = pcall(require, "fm.db")
+local function mask_url(u)
+  if db_ok then return db.mask_url(u) end
+  return "********"
+end
+local function check_url(u)
+  if not db_ok then return nil end
+  local _, err = db.parse_url(u)
+  return err
+end
+
 -- kind: string | int | number | bool | enum | list
+-- secret = true: shown as ******** ; mask = fn(value): shown as fn(value) (a URL's password);
+-- check = fn(value) -> nil | message: a further check of the resolved value (default included).
 -- reload = true: the setting applies with the next Lua generation (hot reload). Every other
 -- setting is held by C from start: a reload that changes it reports "restart required" and the
 -- running engine keeps the old value (see M.pin).
@@ -85,6 +100,25 @@ M.specs = {
   { env = "FM_PLAYBOOK_MEMORY_MB", key = "playbook_memory_mb", reload = true, kind = "int",
     min = 1, max = 4096, default = 16,
     doc = "Memory one playbook run may allocate above what its VM held when it started." },
+  { env = "DATABASE_URL", key = "database_url", kind = "string", mask = mask_url,
+    check = check_url,
+    default = function(s) return "sqlite:///" .. s.data_dir .. "/faultmaven.db" end,
+    default_doc = "`sqlite:///<FM_DATA_DIR>/faultmaven.db`",
+    doc = "The database: `sqlite:///relative/path.db`, `sqlite:////absolute/path.db` or "
+      .. "`postgresql://user:password@host:5432/db?sslmode=require` (`sqlite+aiosqlite`, "
+      .. "`postgresql+asyncpg` and `postgres` are accepted). The password is masked wherever "
+      .. "the URL is shown. See docs/DATABASE.md." },
+  { env = "DATABASE_POOL_SIZE", key = "database_pool_size", kind = "int", min = 1, max = 1024,
+    default = function(s) return s.workers + 2 end, default_doc = "FM_WORKERS + 2",
+    doc = "Database connections at most, opened on demand." },
+  { env = "DATABASE_POOL_TIMEOUT_S", key = "database_pool_timeout_s", kind = "number", min = 0,
+    max = 3600, default = 10,
+    doc = "How long a call waits for a free database connection before it fails with "
+      .. "\"database pool exhausted\"." },
+  { env = "DATABASE_CONNECT_TIMEOUT_S", key = "database_connect_timeout_s", kind = "number",
+    min = 0, max = 3600, default = 30,
+    doc = "At start, how long the engine retries connecting to the database (exponential "
+      .. "backoff with jitter, each attempt logged) before it exits 1." },
   { env = "RUN_STARTUP_MIGRATIONS", key = "run_startup_migrations", kind = "bool",
     default = function(s) return s.deployment_mode == "local" end,
     default_doc = "true in local mode, false otherwise",
@@ -179,7 +213,8 @@ function M.resolve(getenv)
     if raw ~= nil and raw ~= "" then
       local v, err = parse(spec, raw)
       if v == nil then
-        errs[#errs + 1] = string.format("%s: %s, got '%s'", spec.env, err, raw)
+        local shown = spec.secret and "********" or spec.mask and spec.mask(raw) or raw
+        errs[#errs + 1] = string.format("%s: %s, got '%s'", spec.env, err, shown)
       else
         s[spec.key] = v
         source[spec.key] = "env"
@@ -195,6 +230,10 @@ function M.resolve(getenv)
     end
   end
   if s.log_level == "warning" then s.log_level = "warn" end
+  for _, spec in ipairs(M.specs) do
+    local err = spec.check and s[spec.key] ~= nil and spec.check(s[spec.key])
+    if err then errs[#errs + 1] = string.format("%s: %s", spec.env, err) end
+  end
   if #errs > 0 then return nil, errs end
   return setmetatable(s, { __index = function(_, k)
     error("unknown setting '" .. tostring(k) .. "'", 2)
@@ -226,6 +265,7 @@ end
 
 local function show(spec, v)
   if spec.secret and v ~= nil and v ~= "" then return "********" end
+  if spec.mask and type(v) == "string" then return spec.mask(v) end
   if type(v) == "table" then return table.concat(v, ",") end
   return tostring(v)
 end

@@ -21,13 +21,15 @@ int luaopen_fm_engine(lua_State *L);
 int luaopen_fm_proc(lua_State *L);
 int luaopen_fm_source(lua_State *L);
 int luaopen_fm_sandbox_core(lua_State *L);
+int luaopen_fm_db(lua_State *L);
 
 static const luaL_Reg preloads[] = {
     {"fm.log", luaopen_fm_log},       {"fm.metrics", luaopen_fm_metrics},
     {"fm.http", luaopen_fm_http},     {"fm.time", luaopen_fm_time},
     {"fm.json", luaopen_fm_json},     {"fm.crypto", luaopen_fm_crypto},
     {"fm.engine", luaopen_fm_engine}, {"fm.source", luaopen_fm_source},
-    {"fm.sandbox_core", luaopen_fm_sandbox_core}, {NULL, NULL},
+    {"fm.sandbox_core", luaopen_fm_sandbox_core}, {"fm.db", luaopen_fm_db},
+    {NULL, NULL},
 };
 
 struct fm_vm *fm_vm_from_lua(lua_State *L) { return *(struct fm_vm **)lua_getextraspace(L); }

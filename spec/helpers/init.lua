@@ -18,15 +18,42 @@
 --   helpers.spawn{argv, env, stdout, stderr, cwd}   a child process over fm.proc
 --   helpers.engine.start(opts)              a real `faultmaven serve` on a free port
 --   helpers.http                            raw HTTP/1.1 keep-alive client (spec/helpers/http.lua)
---   helpers.cleanup()                       stop every child still running, remove temp dirs
+--   helpers.postgres.start(opts)            a real PostgreSQL server in a temp dir (below)
+--   helpers.db_backends()                   the database backends a spec runs on (below)
+--   helpers.each_db(fn)                     fn(url, name, backend) for each backend
+--   helpers.cleanup()                       close fm.db's pool, stop every child still running,
+--                                           remove temp dirs
 --
--- Later issues add servers the same way as helpers.engine: a table with `start(opts)` that picks a
--- free port and a temp dir with helpers.free_port()/helpers.tmpdir(), launches the server with
--- helpers.spawn (logs to a file in the temp dir), waits with helpers.wait_until until it answers,
--- and returns an object with `port`, `url`/`dsn`, `log()` and `stop()`; helpers.cleanup() already
--- stops whatever helpers.spawn started. Planned: helpers.postgres.start() (initdb + postgres),
--- helpers.redis.start(), helpers.sentinel.start() (redis-sentinel against a started redis),
--- helpers.s3.start() (s3rver). They are not implemented yet.
+-- PostgreSQL: helpers.postgres.start{fsync = false, database = "fm_test", settings = {k = v}}
+-- runs initdb into a temp dir and starts `postgres` (/usr/lib/postgresql/<newest>/bin, or
+-- FM_PG_BIN) on a free loopback port, its unix socket in the temp dir, fsync off unless
+-- opts.fsync (durability tests), as user nobody when the specs run as root (setpriv). It returns
+-- {port, host, dir, url = "postgresql://postgres@127.0.0.1:PORT/fm_test", dsn = "host=... port=...
+-- user=postgres dbname=fm_test", log(), stop(), psql(sql [, dbname]) -> ok, output,
+-- create_database([name]) -> name, url_for(dbname)}; it raises with the server log when the server
+-- does not come up (a spec never skips because PostgreSQL is missing). stop() is a fast shutdown
+-- (SIGINT); helpers.cleanup() stops it too.
+--
+-- Database backends: a spec written once runs on SQLite and PostgreSQL:
+--   for _, b in ipairs(helpers.db_backends()) do
+--     describe("things on " .. b.name, function()
+--       local url
+--       lazy_setup(function() url = b.url() end)   -- a fresh, empty database each call
+--       lazy_teardown(helpers.cleanup)
+--       ...
+--     end)
+--   end
+-- b.name is "sqlite" or "postgres"; b.url([opts]) (or b:url()) is a new SQLite file in a temp
+-- dir, or a new database on one PostgreSQL server shared by the spec file (started on first use;
+-- opts.durable: on a second server with fsync on); b.server([opts]) is that server (nil for
+-- SQLite). helpers.each_db(fn) calls fn(b.url(), b.name, b) for each at once.
+--
+-- Later issues add servers the same way as helpers.postgres: a table with `start(opts)` that
+-- picks a free port and a temp dir with helpers.free_port()/helpers.tmpdir(), launches the server
+-- with helpers.spawn (logs to a file in the temp dir), waits with helpers.wait_until until it
+-- answers, and returns an object with `port`, `url`/`dsn`, `log()` and `stop()`;
+-- helpers.cleanup() already stops whatever helpers.spawn started. Planned: helpers.redis.start(),
+-- helpers.sentinel.start() (redis-sentinel against a started redis), helpers.s3.start() (s3rver).
 
 local socket = require "socket"
 local http = require "spec.helpers.http"
@@ -450,6 +477,179 @@ function helpers.engine.start(opts)
 end
 
 -- ------------------------------------------------------------------------------------------------
+-- PostgreSQL
+
+helpers.postgres = {}
+
+local function pg_bindir()
+  local env = os.getenv("FM_PG_BIN")
+  if env and env ~= "" then return env end
+  local _, _, out = helpers.shell(
+    "ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1")
+  local dir = out and out:match("^(%S+)")
+  if not dir then
+    error("PostgreSQL server not found in /usr/lib/postgresql/*/bin: run scripts/install-deps.sh "
+      .. "test (or set FM_PG_BIN)", 3)
+  end
+  return dir
+end
+
+-- postgres refuses to run as root: then initdb and the server run as nobody.
+local function pg_user_prefix(dir)
+  local _, _, uid = helpers.shell("id -u")
+  if not (uid and uid:match("^0%s")) then return {} end
+  local _, _, gid = helpers.shell("id -g nobody")
+  gid = gid and gid:match("^(%d+)")
+  local _, _, setpriv = helpers.shell("command -v setpriv")
+  setpriv = setpriv and setpriv:match("^(%S+)")
+  assert(gid and setpriv, "running as root needs user nobody and setpriv (util-linux)")
+  assert(helpers.shell("chown nobody:" .. gid .. " " .. shell_quote(dir)), "chown " .. dir)
+  return { setpriv, "--reuid=nobody", "--regid=" .. gid, "--clear-groups", "--" }
+end
+
+local function argv_line(argv)
+  local out = {}
+  for i, a in ipairs(argv) do out[i] = shell_quote(a) end
+  return table.concat(out, " ")
+end
+
+local Pg = {}
+Pg.__index = Pg
+
+function Pg:log() return helpers.read_file(self.log_path) or "" end
+
+function Pg:url_for(dbname)
+  return ("postgresql://postgres@127.0.0.1:%d/%s"):format(self.port, dbname)
+end
+
+-- Runs SQL with psql (as the superuser postgres). Returns ok, output (stdout and stderr).
+function Pg:psql(sql, dbname)
+  local ok, _, out = helpers.shell(argv_line({ self.bin .. "/psql", "-X", "-q", "-A", "-t",
+    "-v", "ON_ERROR_STOP=1", "-d", self:url_for(dbname or self.database), "-c", sql }) .. " 2>&1")
+  return ok, out
+end
+
+-- A new empty database; returns its name.
+local db_counter = 0
+function Pg:create_database(name)
+  db_counter = db_counter + 1
+  name = name or ("fm_test_%d_%d"):format(db_counter, math.random(1, 1e6))
+  local ok, _, out = helpers.shell(argv_line({ self.bin .. "/psql", "-X", "-q", "-v",
+    "ON_ERROR_STOP=1", "-d", self:url_for("postgres"), "-c", 'CREATE DATABASE "' .. name .. '"' })
+    .. " 2>&1")
+  assert(ok, "CREATE DATABASE " .. name .. ": " .. tostring(out))
+  return name
+end
+
+-- Fast shutdown (SIGINT: open sessions are ended); KILL after timeout_s (default 10).
+function Pg:stop(timeout_s)
+  return self.proc:stop("INT", timeout_s or 10)
+end
+
+function Pg:alive() return self.proc:alive() end
+
+function helpers.postgres.start(opts)
+  opts = opts or {}
+  local bin = pg_bindir()
+  local dir = helpers.tmpdir("fm-pg-")
+  local prefix = pg_user_prefix(dir)
+  local data = dir .. "/data"
+  local log_path = dir .. "/postgres.log"
+  local initdb = {}
+  for _, a in ipairs(prefix) do initdb[#initdb + 1] = a end
+  for _, a in ipairs({ bin .. "/initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E",
+    "UTF8", "--no-locale", "--no-sync" }) do initdb[#initdb + 1] = a end
+  local ok, _, out = helpers.shell(argv_line(initdb) .. " 2>&1")
+  assert(ok, "initdb failed: " .. tostring(out))
+  local port = helpers.free_port()
+  local argv = {}
+  for _, a in ipairs(prefix) do argv[#argv + 1] = a end
+  local settings = {
+    listen_addresses = "127.0.0.1", unix_socket_directories = dir, max_connections = "200",
+    fsync = opts.fsync and "on" or "off", full_page_writes = opts.fsync and "on" or "off",
+    synchronous_commit = opts.fsync and "on" or "off",
+  }
+  for k, v in pairs(opts.settings or {}) do settings[k] = tostring(v) end
+  for _, a in ipairs({ bin .. "/postgres", "-D", data, "-p", tostring(port) }) do
+    argv[#argv + 1] = a
+  end
+  local names = {}
+  for k in pairs(settings) do names[#names + 1] = k end
+  table.sort(names)
+  for _, k in ipairs(names) do
+    argv[#argv + 1] = "-c"
+    argv[#argv + 1] = k .. "=" .. settings[k]
+  end
+  local p = helpers.spawn({ argv = argv, stdout = log_path, stderr = log_path, cwd = dir })
+  p.stop_signal = "INT" -- helpers.cleanup: a fast shutdown, open sessions or not
+  local pg = setmetatable({ proc = p, pid = p.pid, bin = bin, dir = dir, data_dir = data,
+    log_path = log_path, host = "127.0.0.1", port = port,
+    database = opts.database or "fm_test" }, Pg)
+  local ready, err = pcall(helpers.wait_until, function()
+    if not p:alive() then error("postgres exited", 0) end
+    return helpers.shell(argv_line({ bin .. "/pg_isready", "-q", "-h", "127.0.0.1", "-p",
+      tostring(port), "-U", "postgres" }))
+  end, 30, 0.05)
+  if not ready then
+    p:kill()
+    error(("postgres did not start: %s\n--- %s ---\n%s"):format(tostring(err), log_path,
+      pg:log()), 2)
+  end
+  pg:create_database(pg.database)
+  pg.url = pg:url_for(pg.database)
+  pg.dsn = ("host=127.0.0.1 port=%d user=postgres dbname=%s"):format(port, pg.database)
+  return pg
+end
+
+-- PostgreSQL servers for the spec file, started on first use (helpers.cleanup stops them): one
+-- with fsync off, one with fsync on for durability specs.
+local shared_pg = {}
+local function shared_postgres(durable)
+  local key = durable and "durable" or "fast"
+  local pg = shared_pg[key]
+  if not pg or not pg:alive() then
+    pg = helpers.postgres.start { fsync = durable }
+    shared_pg[key] = pg
+  end
+  return pg
+end
+
+-- opts.durable: a PostgreSQL server with fsync on (SQLite always syncs: synchronous=FULL).
+local function backend_url(name, opts)
+  if name == "sqlite" then
+    return "sqlite:///" .. helpers.tmpdir("fm-db-") .. "/test.db"
+  end
+  local pg = shared_postgres(opts.durable)
+  return pg:url_for(pg:create_database())
+end
+
+-- The database backends every provider spec runs on: {name = "sqlite"|"postgres",
+-- url([opts]), server([opts])}, callable as b.url() or b:url(). Nothing starts until url() or
+-- server() is called.
+function helpers.db_backends()
+  local list = {}
+  for _, name in ipairs({ "sqlite", "postgres" }) do
+    local b = { name = name }
+    b.url = function(a, o)
+      if a ~= b then o = a end
+      return backend_url(name, o or {})
+    end
+    b.server = function(a, o)
+      if a ~= b then o = a end
+      if name == "postgres" then return shared_postgres((o or {}).durable) end
+      return nil
+    end
+    list[#list + 1] = b
+  end
+  return list
+end
+
+-- Calls fn(url, name, backend) for each backend, each with a fresh database.
+function helpers.each_db(fn)
+  for _, b in ipairs(helpers.db_backends()) do fn(b.url(), b.name, b) end
+end
+
+-- ------------------------------------------------------------------------------------------------
 -- Small assertions helpers
 
 -- The comma-separated tokens of a header value, lower-cased, as a set:
@@ -468,14 +668,18 @@ end
 -- ------------------------------------------------------------------------------------------------
 -- Cleanup
 
--- Stops every process helpers.spawn started that still runs (TERM, then KILL after 5 s) and removes
--- the temp dirs (kept when FM_SPEC_KEEP_TMP is set). Call it from lazy_teardown/teardown.
+-- Closes fm.db's pool (if fm.db was loaded), stops every process helpers.spawn started that still
+-- runs (TERM, or the process's stop_signal; KILL after 5 s) and removes the temp dirs (kept when
+-- FM_SPEC_KEEP_TMP is set). Call it from lazy_teardown/teardown.
 function helpers.cleanup()
+  local fmdb = package.loaded["fm.db"] -- its connections first: servers are about to stop
+  if fmdb and fmdb.close then pcall(fmdb.close) end
   for i = #procs, 1, -1 do
     local p = procs[i]
-    if not p.how then p:stop("TERM", 5) end
+    if not p.how then p:stop(p.stop_signal or "TERM", 5) end
     procs[i] = nil
   end
+  shared_pg = {}
   local keep = os.getenv("FM_SPEC_KEEP_TMP")
   for i = #tmpdirs, 1, -1 do
     local dir = tmpdirs[i]
