@@ -1,6 +1,7 @@
 /* main.c: the faultmaven command line and the serve lifecycle. */
 #include "admin.h"
 #include "cors.h"
+#include "db.h"
 #include "http.h"
 #include "httpc.h"
 #include "log.h"
@@ -32,6 +33,7 @@ static const char usage[] =
     "  faultmaven serve [options]       run the HTTP API (contract 2.0.0)\n"
     "  faultmaven exec FILE [ARGS...]   run a Lua file in an engine VM with the fm.* modules\n"
     "  faultmaven check-config          print the resolved settings (secrets masked); exit 2 if invalid\n"
+    "  faultmaven migrate [status|up]   show or apply the database migrations (DATABASE_URL)\n"
     "  faultmaven repl [-e CODE]        Lua REPL inside the running engine (admin socket)\n"
     "  faultmaven reload                reload config.lua, lua/ and playbooks/ in the running engine\n"
     "  faultmaven version               print version information\n"
@@ -85,6 +87,10 @@ struct settings {
   int max_connections;
   int reload_watch;
   int reload_debounce_ms;
+  struct fm_db_url db_url; /* DATABASE_URL, parsed */
+  int db_pool_size;
+  double db_pool_timeout_s;
+  double db_connect_timeout_s;
 };
 
 static int parse_flags(int argc, char **argv, int first) {
@@ -210,6 +216,18 @@ static int load_settings(struct fm_vm *vm, struct settings *s, struct fm_err *er
   s->reload_watch = lua_toboolean(L, -1);
   lua_pop(L, 1);
   s->reload_debounce_ms = (int)get_int(L, "reload_debounce_ms");
+  lua_getfield(L, -1, "database_url");
+  int bad_url = fm_db_url_parse(lua_tostring(L, -1), &s->db_url, err);
+  lua_pop(L, 1);
+  if (bad_url) {
+    char m[sizeof err->msg];
+    snprintf(m, sizeof m, "%s", err->msg);
+    lua_pop(L, 1);
+    return fm_err_set(err, FM_E_INVAL, "invalid configuration:\n  DATABASE_URL: %s", m);
+  }
+  s->db_pool_size = (int)get_int(L, "database_pool_size");
+  s->db_pool_timeout_s = get_num(L, "database_pool_timeout_s");
+  s->db_connect_timeout_s = get_num(L, "database_connect_timeout_s");
   lua_getfield(L, -1, "cors_allow_origins");
   size_t n = lua_istable(L, -1) ? lua_rawlen(L, -1) : 0;
   const char *origins[256];
@@ -224,6 +242,52 @@ static int load_settings(struct fm_vm *vm, struct settings *s, struct fm_err *er
   if (rc) return fm_err_set(err, FM_E_NOMEM, "out of memory");
   if (s->log_level < 0) s->log_level = FM_LOG_INFO;
   return 0;
+}
+
+/* The process's database pool (fm.db): the first connection is retried for
+ * DATABASE_CONNECT_TIMEOUT_S, each failed attempt logged. */
+static int open_database(const struct settings *s, struct fm_err *err) {
+  struct fm_db_pool_config cfg = {0};
+  cfg.url = s->db_url;
+  cfg.size = s->db_pool_size;
+  cfg.acquire_timeout_s = s->db_pool_timeout_s;
+  cfg.connect_budget_s = s->db_connect_timeout_s;
+  struct fm_db_pool *p;
+  if (fm_db_pool_open(&cfg, &p, err)) return err->code;
+  fm_db_global_set(p);
+  return 0;
+}
+
+/* Calls require(module)[fn](arg) in a fresh VM (mode SERVE inside serve, EXEC for commands) and
+ * returns its integer result in *out (0 when it returns none). */
+static int l_call_step(lua_State *L) {
+  const char *module = lua_tostring(L, 1), *fn = lua_tostring(L, 2);
+  lua_getglobal(L, "require");
+  lua_pushstring(L, module);
+  lua_call(L, 1, 1);
+  lua_getfield(L, -1, fn);
+  lua_pushvalue(L, 3);
+  lua_call(L, 1, 1);
+  return 1;
+}
+
+static int run_lua_step_mode(enum fm_vm_mode mode, const char *module, const char *fn,
+                             const char *arg, int *out, struct fm_err *err) {
+  struct fm_vm *vm = boot_vm(mode, err);
+  if (!vm) return FM_E_LUA;
+  lua_pushcfunction(vm->L, l_call_step);
+  lua_pushstring(vm->L, module);
+  lua_pushstring(vm->L, fn);
+  if (arg) lua_pushstring(vm->L, arg);
+  else lua_pushnil(vm->L);
+  int rc = fm_vm_pcall(vm, 3, 1, err);
+  if (!rc && out) *out = (int)lua_tointeger(vm->L, -1);
+  fm_vm_free(vm);
+  return rc;
+}
+
+static int run_lua_step(const char *module, const char *fn, const char *arg, struct fm_err *err) {
+  return run_lua_step_mode(FM_VM_SERVE, module, fn, arg, NULL, err);
 }
 
 /* ---- signals ------------------------------------------------------------------------------- */
@@ -304,12 +368,24 @@ static int cmd_serve(void) {
   if (fm_mkdirs(tmp_dir, 0700, &err)) goto fail;
   int stale = fm_clean_dir(tmp_dir);
   if (stale) fm_warn("removed %d stale temp files from %s", stale, tmp_dir);
+  /* the database before the workers: a database that never answers stops the start here */
+  if (open_database(&s, &err)) {
+    fprintf(stderr, "faultmaven: %s\n", err.msg);
+    goto fail;
+  }
   snprintf(fm_state.host, sizeof fm_state.host, "%s", s.host);
   snprintf(fm_state.data_dir, sizeof fm_state.data_dir, "%s", s.data_dir);
   fm_state.workers = s.workers;
   fm_state.io_threads = s.io_threads;
   fm_metrics_set("fm_workers", "", s.workers);
   fm_metrics_set("fm_workers_busy", "", 0);
+  /* once, before any worker: the JWT key, database migrations (lua/fm/startup.lua) */
+  if (run_lua_step("fm.startup", "run", NULL, &err)) {
+    char *tb = strstr(err.msg, "\nstack traceback:");
+    if (tb) *tb = '\0';
+    fprintf(stderr, "faultmaven: %s\n", err.msg);
+    goto fail;
+  }
 
   /* Signals are taken by one thread with sigwait; every other thread inherits this mask. */
   static sigset_t set; /* the signal thread keeps a pointer to it */
@@ -388,6 +464,7 @@ static int cmd_serve(void) {
   fm_reload_stop(); /* before the workers: a build must not start while they are torn down */
   fm_http_stop();
   fm_workers_stop();
+  fm_db_global_close(); /* after the workers: they borrow its connections */
   fm_reload_free(); /* workers read the generation and the start settings until they stop */
   fm_httpc_global_cleanup();
   fm_metrics_reset();
@@ -399,6 +476,7 @@ fail:
   fm_log_fields(FM_LOG_ERROR, err.msg[0] ? err.msg : "start failed", NULL);
   fm_reload_stop();
   fm_reload_free();
+  fm_db_global_close();
   return rc;
 }
 
@@ -446,6 +524,7 @@ static int cmd_exec(int argc, char **argv) {
     }
   }
   fm_vm_free(vm);
+  fm_db_global_close(); /* fm.db opens it on first use in exec */
   fm_httpc_global_cleanup();
   fm_metrics_reset();
   return rc;
@@ -483,6 +562,28 @@ static int cmd_check_config(void) {
   }
   fm_vm_free(vm);
   return rc;
+}
+
+/* faultmaven migrate [status|up]: the same settings as serve (DATABASE_URL, FM_HOME). */
+static int cmd_migrate(int argc, char **argv) {
+  struct fm_err err = {0};
+  const char *sub = argc > 2 && argv[2][0] != '-' ? argv[2] : "status";
+  if (parse_flags(argc, argv, argc > 2 && argv[2][0] != '-' ? 3 : 2)) return 2;
+  if (resolve_home(&err)) {
+    fprintf(stderr, "faultmaven: %s\n", err.msg);
+    return 2;
+  }
+  int lv = fm_log_parse_level(getenv("LOG_LEVEL"));
+  fm_log_set_level(lv >= 0 ? lv : FM_LOG_WARN);
+  int code = 1;
+  if (run_lua_step_mode(FM_VM_EXEC, "fm.db.migrate", "cli", sub, &code, &err)) {
+    char *tb = strstr(err.msg, "\nstack traceback:");
+    if (tb) *tb = '\0';
+    fprintf(stderr, "faultmaven: migrate: %s\n", err.msg);
+    code = 1;
+  }
+  fm_db_global_close();
+  return code;
 }
 
 /* repl and reload: the admin socket comes from --socket, else from the same settings serve
@@ -531,6 +632,7 @@ int main(int argc, char **argv) {
     return cmd_serve();
   }
   if (!strcmp(cmd, "exec")) return cmd_exec(argc, argv);
+  if (!strcmp(cmd, "migrate")) return cmd_migrate(argc, argv);
   if (!strcmp(cmd, "check-config")) {
     if (parse_flags(argc, argv, 2)) return 2;
     return cmd_check_config();

@@ -7,7 +7,10 @@ local settings = require "fm.settings"
 local M = {}
 
 -- Built-in route modules, in order; FM_EXTRA_ROUTES adds more after them.
-M.route_modules = { "fm.api.root", "fm.api.health", "fm.api.meta", "fm.api.metrics" }
+M.route_modules = { "fm.api.root", "fm.api.health", "fm.api.meta", "fm.api.metrics",
+                    "fm.api.auth", "fm.api.cases" }
+
+require "fm.services.database" -- registers the "database" component of /health
 
 local router = router_mod.new()
 for _, name in ipairs(M.route_modules) do require(name)(router) end

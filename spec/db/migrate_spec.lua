@@ -1,0 +1,91 @@
+-- Migrations: `faultmaven migrate`, startup migrations, the refusal to serve a schema that is
+-- behind, and several engines migrating one database at once. On SQLite and PostgreSQL.
+local helpers = require "spec.helpers"
+local http = require "spec.helpers.http"
+local migrate = require "fm.db.migrate"
+
+local function run(args, env)
+  local parts = {}
+  for k, v in pairs(env) do parts[#parts + 1] = k .. "=" .. helpers.shell_quote(v) end
+  local cmd = "env " .. table.concat(parts, " ") .. " " .. helpers.shell_quote(helpers.bin())
+    .. " migrate " .. args .. " 2>&1"
+  local ok, code, out = helpers.shell(cmd)
+  return ok and 0 or code, out
+end
+
+describe("migration files", function()
+  it("split into statements at a semicolon ending a line", function()
+    assert.same({ "CREATE TABLE a (x TEXT DEFAULT 'a;b')", "CREATE INDEX i ON a (x)" },
+      migrate.statements("-- comment;\nCREATE TABLE a (x TEXT DEFAULT 'a;b');\n\n"
+        .. "CREATE INDEX i ON a (x);\n"))
+  end)
+end)
+
+lazy_teardown(helpers.cleanup)
+
+for _, backend in ipairs(helpers.db_backends()) do
+  describe("migrations on " .. backend.name, function()
+    it("status, up, and up again with nothing to do", function()
+      local env = { DATABASE_URL = backend.url(), FM_HOME = helpers.root,
+                    FM_DATA_DIR = helpers.tmpdir("fm-mig-") }
+      local code, out = run("status", env)
+      assert.equal(0, code, out)
+      assert.matches("0001 initial%s+pending", out)
+      assert.matches("1 pending", out)
+      code, out = run("up", env)
+      assert.equal(0, code, out)
+      assert.matches("applied 0001 initial", out)
+      code, out = run("up", env)
+      assert.equal(0, code, out)
+      assert.matches("database is up to date", out)
+      code, out = run("status", env)
+      assert.equal(0, code, out)
+      assert.matches("0001 initial%s+applied 20", out)
+      code, out = run("sideways", env)
+      assert.equal(2, code, out)
+    end)
+
+    it("engines refuse to serve a schema that is behind unless they may migrate", function()
+      local url = backend.url()
+      local dir = helpers.tmpdir("fm-mig-")
+      local log = dir .. "/engine.log"
+      local p = helpers.spawn { argv = { helpers.bin(), "serve" }, stdout = log, stderr = log,
+        env = { DATABASE_URL = url, RUN_STARTUP_MIGRATIONS = "false", FM_HOME = helpers.root,
+                FM_DATA_DIR = dir .. "/data", FM_PORT = tostring(helpers.free_port()) } }
+      local how, code = p:wait(20)
+      assert.equal("exit", how)
+      assert.equal(1, code)
+      assert.matches("1 database migration%(s%) pending: run `faultmaven migrate up`",
+        helpers.read_file(log))
+    end)
+
+    it("applies each migration once when several engines start at once", function()
+      local url = backend.url()
+      local engines = {}
+      for i = 1, 3 do -- started together, not one after the other
+        local dir = helpers.tmpdir("fm-mig-")
+        local port = helpers.free_port()
+        engines[i] = { port = port, log = dir .. "/engine.log", proc = helpers.spawn {
+          argv = { helpers.bin(), "serve" }, stdout = dir .. "/engine.log",
+          stderr = dir .. "/engine.log",
+          env = { DATABASE_URL = url, RUN_STARTUP_MIGRATIONS = "true", FM_HOME = helpers.root,
+                  FM_DATA_DIR = dir .. "/data", FM_PORT = tostring(port), FM_WORKERS = "2" } } }
+      end
+      local applied = 0
+      for _, e in ipairs(engines) do
+        helpers.wait_until(function()
+          local r = http.request("127.0.0.1", e.port, "GET", "/readiness", { timeout = 1 })
+          return r and r.status == 200
+        end, 30, 0.05)
+        for line in (helpers.read_file(e.log) or ""):gmatch("[^\n]+") do
+          if line:find('"database migration applied"', 1, true) then applied = applied + 1 end
+        end
+      end
+      assert.equal(1, applied)
+      local code, out = run("status", { DATABASE_URL = url, FM_HOME = helpers.root,
+                                        FM_DATA_DIR = helpers.tmpdir("fm-mig-") })
+      assert.equal(0, code)
+      assert.matches("database is up to date", out)
+    end)
+  end)
+end
