@@ -438,6 +438,33 @@ for _, backend in ipairs(helpers.db_backends()) do
       end)
     end)
 
+    it("outside local mode: no username-only login unless allowed; FM_ADMIN_USERS", function()
+      local prod = helpers.engine.start { env = {
+        DATABASE_URL = backend.url(), DEPLOYMENT_MODE = "docker", FM_HOST = "127.0.0.1",
+        RUN_STARTUP_MIGRATIONS = "true", PASSWORD_HASH_MEMORY_KIB = "8192", PASSWORD_HASH_OPSLIMIT = "1",
+        FM_ADMIN_USERS = "root-op, other" } }
+      local function post(path, body) return assert(prod:post(path, { json = body })) end
+      for _, p in ipairs { "/api/v1/auth/dev-login", "/api/v1/auth/dev-register" } do
+        local r = post(p, { username = "dev" })
+        assert.equal(403, r.status)
+        assert.matches("FM_ALLOW_DEV_LOGIN=true", r.json().detail, 1, true)
+      end
+      local r = post("/api/v1/auth/register", { username = "nopass" })
+      assert.equal(422, r.status)
+      assert.equal("password", r.json().detail[1].loc[2])
+      assert.equal(401, post("/api/v1/auth/login", { username = "nopass" }).status)
+      -- the first user outside local mode is not admin; FM_ADMIN_USERS names admins
+      local first = post("/api/v1/auth/register", { username = "first", password = "pw-12345678" })
+      assert.same({ "user" }, first.json().user.roles)
+      local op = post("/api/v1/auth/register", { username = "root-op", password = "pw-12345678" })
+      assert.same({ "user", "admin" }, op.json().user.roles)
+      local allowed = helpers.engine.start { env = {
+        DATABASE_URL = backend.url(), DEPLOYMENT_MODE = "docker", FM_HOST = "127.0.0.1",
+        RUN_STARTUP_MIGRATIONS = "true", FM_ALLOW_DEV_LOGIN = "true" } }
+      assert.equal(200, assert(allowed:post("/api/v1/auth/dev-login",
+        { json = { username = "dev" } })).status)
+    end)
+
     it("reports the database in /health", function()
       local h = req("GET", "/health").json()
       assert.equal("healthy", h.components.database.status)

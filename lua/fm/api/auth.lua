@@ -43,7 +43,7 @@ local function login(req, dev)
   local row = auth.user_by_name(username)
   if password then
     -- the same answer whether the user is unknown or the password wrong
-    if not row or not auth.verify_password(row, password) then
+    if not auth.verify_password(row, password) then
       errors.raise(401, "invalid username or password")
     end
   else

@@ -159,8 +159,18 @@ function M.create_user(username, email, display, password)
   return row
 end
 
+-- A hash to check against when there is no user or no password: a login then takes as long as
+-- one with a wrong password, so timing does not tell which usernames exist.
+local dummy_hash
+
+--- row may be nil (unknown user): false, after the same work as a real check.
 function M.verify_password(row, password)
-  if not row.password_hash then return false end
+  if not row or not row.password_hash then
+    dummy_hash = dummy_hash or crypto.password_hash(crypto.random_hex(16),
+      settings.password_hash_opslimit, settings.password_hash_memory_kib)
+    crypto.password_verify(dummy_hash, password)
+    return false
+  end
   return crypto.password_verify(row.password_hash, password)
 end
 
