@@ -441,7 +441,8 @@ for _, backend in ipairs(helpers.db_backends()) do
     it("outside local mode: no username-only login unless allowed; FM_ADMIN_USERS", function()
       local prod = helpers.engine.start { env = {
         DATABASE_URL = backend.url(), DEPLOYMENT_MODE = "docker", FM_HOST = "127.0.0.1",
-        RUN_STARTUP_MIGRATIONS = "true", PASSWORD_HASH_MEMORY_KIB = "8192", PASSWORD_HASH_OPSLIMIT = "1",
+        RUN_STARTUP_MIGRATIONS = "true", PASSWORD_HASH_MEMORY_KIB = "8192",
+        PASSWORD_HASH_OPSLIMIT = "1",
         FM_ADMIN_USERS = "root-op, other" } }
       local function post(path, body) return assert(prod:post(path, { json = body })) end
       for _, p in ipairs { "/api/v1/auth/dev-login", "/api/v1/auth/dev-register" } do
