@@ -132,6 +132,11 @@ M.specs = {
   { env = "REFRESH_TOKEN_TTL_S", key = "refresh_token_ttl_s", reload = true, kind = "int",
     min = 300, max = 31536000, default = 604800,
     doc = "Lifetime of a refresh token; each use rotates it." },
+  { env = "REFRESH_REUSE_GRACE_S", key = "refresh_reuse_grace_s", reload = true, kind = "int",
+    min = 0, max = 60, default = 2,
+    doc = "A refresh token used again within this many seconds of its rotation is refused (401) "
+      .. "without ending the session: two tabs refreshing at once. Later reuse is taken as "
+      .. "theft and revokes the session." },
   { env = "FM_ALLOW_DEV_LOGIN", key = "allow_dev_login", reload = true, kind = "bool",
     default = false,
     doc = "Allow username-only login (dev-login, dev-register, and register or login without a "

@@ -18,7 +18,7 @@ for _, backend in ipairs(helpers.db_backends()) do
       db_url = backend.url()
       engine = helpers.engine.start { env = {
         DATABASE_URL = db_url, PASSWORD_HASH_MEMORY_KIB = "8192", PASSWORD_HASH_OPSLIMIT = "1",
-        FM_WORKERS = "4",
+        FM_WORKERS = "4", REFRESH_REUSE_GRACE_S = "1",
       } }
     end)
     lazy_teardown(helpers.cleanup)
@@ -153,7 +153,13 @@ for _, backend in ipairs(helpers.db_backends()) do
         local t1 = r1.json()
         assert.are_not.equal(a.refresh_token, t1.refresh_token)
         assert.equal(200, req("GET", "/api/v1/auth/me", { token = t1.access_token }).status)
-        -- the first refresh token again: theft; the family dies
+        -- the first refresh token again, within the grace (REFRESH_REUSE_GRACE_S=1 here): a
+        -- second tab, refused without ending the session
+        assert.equal(401, req("POST", "/api/v1/auth/refresh",
+          { json = { refresh_token = a.refresh_token } }).status)
+        assert.equal(200, req("GET", "/api/v1/auth/me", { token = t1.access_token }).status)
+        helpers.sleep(1.1)
+        -- after it: theft; the family dies
         assert.equal(401, req("POST", "/api/v1/auth/refresh",
           { json = { refresh_token = a.refresh_token } }).status)
         assert.equal(401, req("POST", "/api/v1/auth/refresh",
@@ -164,6 +170,31 @@ for _, backend in ipairs(helpers.db_backends()) do
         assert.equal(401, req("POST", "/api/v1/auth/refresh",
           { json = { refresh_token = login("frank").access_token } }).status)
         assert.equal(422, req("POST", "/api/v1/auth/refresh", { json = {} }).status)
+      end)
+
+      it("two refreshes of one token at once: one wins, the session survives", function()
+        local a = login("twotabs")
+        local body = json.encode { refresh_token = a.refresh_token }
+        local conns = {}
+        for i = 1, 4 do
+          conns[i] = assert(http.connect("127.0.0.1", engine.port))
+          assert(conns[i]:send_raw(("POST /api/v1/auth/refresh HTTP/1.1\r\nHost: x\r\n"
+            .. "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"):format(#body,
+            body)))
+        end
+        local winners = {}
+        for i = 1, 4 do
+          local r = assert(conns[i]:read_response())
+          if r.status == 200 then winners[#winners + 1] = r.json() else
+            assert.equal(401, r.status)
+            assert.equal("Bearer", r.headers["www-authenticate"])
+          end
+        end
+        assert.equal(1, #winners)
+        -- the winner's tokens work: the losers did not end the session
+        assert.equal(200, req("GET", "/api/v1/auth/me", { token = winners[1].access_token }).status)
+        assert.equal(200, req("POST", "/api/v1/auth/refresh",
+          { json = { refresh_token = winners[1].refresh_token } }).status)
       end)
 
       it("logs out: the session's tokens stop working, other sessions go on", function()
@@ -205,6 +236,11 @@ for _, backend in ipairs(helpers.db_backends()) do
         assert.same({ "investigating", "resolved", "closed" }, c.valid_next_states)
         assert.equal("Case-" .. hexdate() .. "-2", create({ description = "x" }).json().title)
         assert.equal("Named", create({ title = "Named", description = "y" }).json().title)
+        -- N never repeats, even after a delete
+        assert.equal(204, req("DELETE", "/api/v1/cases/" .. c.case_id, { token = alice }).status)
+        assert.equal("Case-" .. hexdate() .. "-3", create({ description = "z" }).json().title)
+        -- the client does not choose the source
+        assert.equal("api", create({ description = "s", source = "evil<script>" }).json().source)
       end)
 
       it("stores hostile strings verbatim", function()
@@ -305,6 +341,17 @@ for _, backend in ipairs(helpers.db_backends()) do
         local t = req("PUT", path, { token = alice, json = { state = "closed" } })
         assert.equal(409, t.status)
         assert.equal("CASE_TERMINAL", t.headers["x-error-code"])
+        -- investigating starts at diagnosis; closing records a valid reason
+        local c2 = create({ description = "y" }).json()
+        local p2 = "/api/v1/cases/" .. c2.case_id
+        local inv = req("PUT", p2, { token = alice, json = { state = "investigating" } }).json()
+        assert.equal("diagnosis", inv.current_stage)
+        assert.equal(422, req("PUT", p2, { token = alice, json = { state = "closed",
+          closure_reason = "bored" } }).status)
+        local closed = req("PUT", p2, { token = alice, json = { state = "closed",
+          closure_reason = "solution_deferred" } }).json()
+        assert.equal("solution_deferred", closed.closure_reason)
+        assert.is_string(closed.closed_at)
       end)
 
       it("pages messages and deletes cases", function()
@@ -435,6 +482,20 @@ for _, backend in ipairs(helpers.db_backends()) do
         assert.equal(422, raw('{"title": "' .. string.rep("t", 201) .. '"}').status)
         assert.equal(422, raw('{"title":"x"}', "text/plain").status)
         assert.equal(200, req("GET", "/health/live").status)
+      end)
+
+      it("answers ids and filters that are not even UTF-8 with 404 and 422, never 500", function()
+        for _, p in ipairs { "/api/v1/cases/%FF", "/api/v1/cases/%C3%28/messages",
+                             "/api/v1/cases/case_zz", "/api/v1/cases/" .. string.rep("a", 300) } do
+          assert.equal(404, req("GET", p, { token = alice }).status, p)
+          if not p:find("/messages", 1, true) then
+            assert.equal(404, req("DELETE", p, { token = alice }).status, p)
+          end
+        end
+        assert.equal(422, req("GET", "/api/v1/cases?source=%FF", { token = alice }).status)
+        assert.equal(200, req("GET", "/api/v1/cases?source=api", { token = alice }).status)
+        assert.equal(200, req("GET", "/api/v1/auth/me",
+          { headers = { Authorization = "BEARER " .. alice } }).status)
       end)
     end)
 

@@ -31,7 +31,7 @@ for _, backend in ipairs(helpers.db_backends()) do
       local code, out = run("status", env)
       assert.equal(0, code, out)
       assert.matches("0001 initial%s+pending", out)
-      assert.matches("1 pending", out)
+      assert.matches("2 pending", out)
       code, out = run("up", env)
       assert.equal(0, code, out)
       assert.matches("applied 0001 initial", out)
@@ -45,6 +45,38 @@ for _, backend in ipairs(helpers.db_backends()) do
       assert.equal(2, code, out)
     end)
 
+    it("status only reads; a changed applied migration stops up, status and the engine", function()
+      local home = helpers.copy_home("fm-mig-home-")
+      local url = backend.url()
+      local env = { DATABASE_URL = url, FM_HOME = home, FM_DATA_DIR = helpers.tmpdir("fm-mig-") }
+      assert.equal(0, (run("status", env)))
+      local db = require "fm.db"
+      assert(db.configure { url = url, pool_size = 1 })
+      local probe = db.dialect() == "postgres"
+        and "SELECT to_regclass('schema_migrations') IS NOT NULL AS present"
+        or "SELECT COUNT(*) > 0 AS present FROM sqlite_master WHERE name = 'schema_migrations'"
+      local present = assert(db.query(probe))[1].present
+      assert.is_true(present == false or present == 0, "status created schema_migrations")
+      db.close()
+      assert.equal(0, (run("up", env)))
+      local f = home .. "/migrations/0001_initial.sql"
+      helpers.write_file(f, helpers.read_file(f) .. "\n-- an edit after the fact\n")
+      local code, out = run("up", env)
+      assert.equal(1, code, out)
+      assert.matches("0001_initial.sql was changed after it was applied", out, 1, true)
+      code, out = run("status", env)
+      assert.equal(1, code, out)
+      assert.matches("file changed since", out, 1, true)
+      local dir = helpers.tmpdir("fm-mig-")
+      local p = helpers.spawn { argv = { helpers.bin(), "serve" }, stdout = dir .. "/log",
+        stderr = dir .. "/log", env = { DATABASE_URL = url, FM_HOME = home,
+        FM_DATA_DIR = dir .. "/data", FM_PORT = tostring(helpers.free_port()) } }
+      local how, c2 = p:wait(20)
+      assert.equal("exit", how)
+      assert.equal(1, c2)
+      assert.matches("was changed after it was applied", helpers.read_file(dir .. "/log"), 1, true)
+    end)
+
     it("engines refuse to serve a schema that is behind unless they may migrate", function()
       local url = backend.url()
       local dir = helpers.tmpdir("fm-mig-")
@@ -55,7 +87,7 @@ for _, backend in ipairs(helpers.db_backends()) do
       local how, code = p:wait(20)
       assert.equal("exit", how)
       assert.equal(1, code)
-      assert.matches("1 database migration%(s%) pending: run `faultmaven migrate up`",
+      assert.matches("2 database migration%(s%) pending: run `faultmaven migrate up`",
         helpers.read_file(log))
     end)
 
@@ -71,17 +103,29 @@ for _, backend in ipairs(helpers.db_backends()) do
           env = { DATABASE_URL = url, RUN_STARTUP_MIGRATIONS = "true", FM_HOME = helpers.root,
                   FM_DATA_DIR = dir .. "/data", FM_PORT = tostring(port), FM_WORKERS = "2" } } }
       end
-      local applied = 0
+      local applied = {}
       for _, e in ipairs(engines) do
         helpers.wait_until(function()
           local r = http.request("127.0.0.1", e.port, "GET", "/readiness", { timeout = 1 })
           return r and r.status == 200
         end, 30, 0.05)
         for line in (helpers.read_file(e.log) or ""):gmatch("[^\n]+") do
-          if line:find('"database migration applied"', 1, true) then applied = applied + 1 end
+          if line:find('"database migration applied"', 1, true) then
+            local v = line:match('"version":(%d+)')
+            applied[v] = (applied[v] or 0) + 1
+          end
         end
       end
-      assert.equal(1, applied)
+      local versions = 0
+      for v, times in pairs(applied) do
+        versions = versions + 1
+        assert.equal(1, times, "migration " .. v .. " applied " .. times .. " times")
+      end
+      local files = 0
+      for _, name in ipairs(helpers.listdir(helpers.root .. "/migrations")) do
+        if name:match("^%d+_[%w_%-]+%.sql$") then files = files + 1 end
+      end
+      assert.equal(files, versions)
       local code, out = run("status", { DATABASE_URL = url, FM_HOME = helpers.root,
                                         FM_DATA_DIR = helpers.tmpdir("fm-mig-") })
       assert.equal(0, code)
@@ -89,3 +133,27 @@ for _, backend in ipairs(helpers.db_backends()) do
     end)
   end)
 end
+
+describe("a database that goes away", function()
+  lazy_teardown(helpers.cleanup)
+
+  it("turns into 503 with Retry-After, and the engine recovers when it is back", function()
+    local pg = helpers.postgres.start()
+    local url = pg:url_for(pg:create_database())
+    local engine = helpers.engine.start { env = { DATABASE_URL = url,
+      DATABASE_POOL_TIMEOUT_S = "1", FM_WORKERS = "2" } }
+    local login = assert(engine:post("/api/v1/auth/dev-login", { json = { username = "u" } }))
+    local token = login.json().access_token
+    local function list()
+      return assert(engine:get("/api/v1/cases", { headers = { Authorization = "Bearer " .. token },
+                                                  timeout = 20 }))
+    end
+    assert.equal(200, list().status)
+    pg:stop()
+    local r = list()
+    assert.equal(503, r.status, r.body)
+    assert.equal("1", r.headers["retry-after"])
+    assert.equal("DATABASE_UNAVAILABLE", r.headers["x-error-code"])
+    assert.equal(200, assert(engine:get("/health/live")).status)
+  end)
+end)

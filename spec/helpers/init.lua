@@ -300,17 +300,20 @@ function Proc:kill()
   return self:wait(10)
 end
 
--- A copy of the engine's Lua tree (config.lua, lua/, playbooks/ if any) in a new temp dir, to
--- start an engine with FM_HOME pointing at it and change files under it. Returns the dir.
+-- A copy of the engine's Lua tree (config.lua, lua/, playbooks/ and migrations/ if any) in a new
+-- temp dir, to start an engine with FM_HOME pointing at it and change files under it. Returns
+-- the dir.
 function helpers.copy_home(prefix)
   local dir = helpers.tmpdir(prefix or "fm-home-")
   local cmd = "cp -R " .. shell_quote(helpers.root .. "/config.lua") .. " "
     .. shell_quote(helpers.root .. "/lua") .. " " .. shell_quote(dir .. "/")
   local ok, _, out = helpers.shell(cmd)
   assert(ok, "copy_home: " .. tostring(out))
-  if helpers.file_exists(helpers.root .. "/playbooks") then
-    assert(helpers.shell("cp -R " .. shell_quote(helpers.root .. "/playbooks") .. " "
-      .. shell_quote(dir .. "/")))
+  for _, sub in ipairs { "playbooks", "migrations" } do
+    if helpers.file_exists(helpers.root .. "/" .. sub) then
+      assert(helpers.shell("cp -R " .. shell_quote(helpers.root .. "/" .. sub) .. " "
+        .. shell_quote(dir .. "/")))
+    end
   end
   return dir
 end

@@ -9,6 +9,8 @@
 local auth = require "fm.services.auth"
 local errors = require "fm.errors"
 
+local BEARER = { ["WWW-Authenticate"] = "Bearer" }
+
 local DEV_DISABLED = "username-only login is disabled outside local mode "
   .. "(set FM_ALLOW_DEV_LOGIN=true to allow it)"
 
@@ -44,16 +46,16 @@ local function login(req, dev)
   if password then
     -- the same answer whether the user is unknown or the password wrong
     if not auth.verify_password(row, password) then
-      errors.raise(401, "invalid username or password")
+      errors.raise(401, "invalid username or password", BEARER)
     end
   else
     if not auth.dev_login_allowed() then
       if dev then errors.raise(403, DEV_DISABLED) end
-      errors.raise(401, "invalid username or password")
+      errors.raise(401, "invalid username or password", BEARER)
     end
     if row and row.password_hash then
       -- a user with a password never logs in without it
-      errors.raise(401, "invalid username or password")
+      errors.raise(401, "invalid username or password", BEARER)
     end
     if not row then -- dev login creates the user, as FaultMaven's local mode does
       local err
@@ -87,7 +89,7 @@ return function(r)
                             type = "value_error.missing" } })
     end
     local out = auth.refresh(token)
-    if not out then errors.raise(401, "invalid or expired refresh token") end
+    if not out then errors.raise(401, "invalid or expired refresh token", BEARER) end
     return 200, out
   end, { max_body = 16384 })
   r:get("/api/v1/auth/me", auth.protect(function(req)

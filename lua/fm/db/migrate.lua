@@ -101,14 +101,18 @@ local function applied_map()
   return m
 end
 
---- {version, name, file, applied, applied_at, modified} for every known or applied migration.
-function M.status()
-  local list = M.available()
-  local applied = {}
-  db.transaction(function()
-    ensure_table_and_lock()
-    applied = applied_map()
-  end)
+-- Does schema_migrations exist? Read-only, so an engine whose database role may not create
+-- tables can still check that the schema is current.
+local function table_exists()
+  local sql = db.dialect() == "postgres"
+    and "SELECT to_regclass('schema_migrations') IS NOT NULL AS present"
+    or "SELECT COUNT(*) > 0 AS present FROM sqlite_master WHERE type = 'table' "
+      .. "AND name = 'schema_migrations'"
+  local row = check("schema_migrations", db.query(sql))[1]
+  return row.present == true or row.present == 1
+end
+
+local function merge(list, applied)
   local out = {}
   for _, m in ipairs(list) do
     local a = applied[m.version]
@@ -125,10 +129,30 @@ function M.status()
   return out
 end
 
---- Number of migrations not applied yet.
+--- {version, name, file, applied, applied_at, modified, unknown} for every known or applied
+-- migration. Reads only: no lock, no table created.
+function M.status()
+  local applied = table_exists() and applied_map() or {}
+  return merge(M.available(), applied)
+end
+
+--- Raises if an applied migration's file was changed since (its checksum differs): the schema
+-- in the database is then not what the files say.
+function M.check_unchanged(status)
+  for _, m in ipairs(status or M.status()) do
+    if m.modified then
+      error(string.format("%s was changed after it was applied (checksum differs): restore the "
+        .. "file and put the change in a new migration", m.file), 0)
+    end
+  end
+end
+
+--- Number of migrations not applied yet (raises if an applied one was changed).
 function M.pending()
+  local st = M.status()
+  M.check_unchanged(st)
   local n = 0
-  for _, m in ipairs(M.status()) do if not m.applied then n = n + 1 end end
+  for _, m in ipairs(st) do if not m.applied then n = n + 1 end end
   return n
 end
 
@@ -139,6 +163,7 @@ function M.up()
   db.transaction(function()
     ensure_table_and_lock()
     local applied = applied_map()
+    M.check_unchanged(merge(list, applied_map()))
     for _, m in ipairs(list) do
       if not applied[m.version] then
         for i, stmt in ipairs(M.statements(m.sql)) do
@@ -163,8 +188,9 @@ function M.cli(cmd)
     for _, m in ipairs(done) do print(string.format("applied %04d %s", m.version, m.name)) end
     return 0
   elseif cmd == "status" then
-    local pending = 0
+    local pending, changed = 0, 0
     for _, m in ipairs(M.status()) do
+      if m.modified then changed = changed + 1 end
       local state = m.unknown and "applied (unknown to this engine)"
         or m.applied and ("applied " .. m.applied_at
           .. (m.modified and " (file changed since)" or ""))
@@ -173,6 +199,11 @@ function M.cli(cmd)
       print(string.format("%04d %-30s %s", m.version, m.name, state))
     end
     print(pending == 0 and "database is up to date" or (pending .. " pending"))
+    if changed > 0 then
+      print(changed .. " applied migration file(s) changed since: `migrate up` and the engine "
+        .. "refuse to run until they are restored")
+      return 1
+    end
     return 0
   end
   io.stderr:write("usage: faultmaven migrate [status|up]\n")

@@ -26,10 +26,7 @@ local function hex(s)
   return (s:gsub(".", function(c) return string.format("%02x", c:byte()) end))
 end
 
-local function check(ok, err, code)
-  if ok == nil then error(string.format("database: %s (%s)", tostring(err), tostring(code)), 2) end
-  return ok
-end
+local check = require "fm.db.check"
 
 -- The signing key: JWT_SECRET_KEY, else <data dir>/.jwt_secret (created at start by startup.lua).
 local key
@@ -38,8 +35,10 @@ function M.key()
   local k = settings.jwt_secret_key
   if k == "" then
     local err
-    k, err = crypto.secret_file(engine.info().data_dir .. "/.jwt_secret")
+    local path = engine.info().data_dir .. "/.jwt_secret"
+    k, err = crypto.secret_file(path)
     if not k then error("JWT secret: " .. err, 0) end
+    if #k < 32 then error(path .. " holds fewer than 32 bytes: remove it to get a new key", 0) end
   elseif #k < 32 then
     error("JWT_SECRET_KEY must be at least 32 bytes", 0)
   end
@@ -138,6 +137,11 @@ function M.create_user(username, email, display, password)
   local ok, err = pcall(db.transaction, function()
     local admin = is_admin_name(username)
     if not admin and settings.deployment_mode == "local" then
+      -- two first users at once: only one may see an empty table (SQLite's BEGIN IMMEDIATE
+      -- serialises already; PostgreSQL's READ COMMITTED does not)
+      if db.dialect() == "postgres" then
+        check(db.query("SELECT pg_advisory_xact_lock(?)", 7370631))
+      end
       local n = check(db.query("SELECT COUNT(*) AS n FROM users"))[1].n
       admin = tonumber(n) == 0
     end
@@ -198,8 +202,11 @@ local function new_refresh(user_id, sid)
   return token, claims
 end
 
---- AuthTokenResponse for a user starting a new session.
+--- AuthTokenResponse for a user starting a new session. The user's expired refresh tokens are
+-- swept on the way (a session's rows otherwise only grow).
 function M.login_response(row)
+  check(db.exec("DELETE FROM refresh_tokens WHERE user_id = ? AND expires_at < ?", row.id,
+    now_iso()))
   local sid = "sess_" .. crypto.random_hex(16)
   local refresh = new_refresh(row.id, sid)
   local access = sign(row.id, "access", settings.access_token_ttl_s, sid)
@@ -223,16 +230,25 @@ function M.refresh(token)
     hex(crypto.sha256(token))))
   local rt = rows[1]
   if not rt then return nil, "unknown refresh token" end
+  if rt.used_at and not rt.revoked_at
+    and rt.used_at >= time.iso8601(time.now() - settings.refresh_reuse_grace_s) then
+    -- used a moment ago: another tab of the same client, not a thief
+    return nil, "refresh token used by a concurrent request"
+  end
   if rt.revoked_at or rt.used_at then
     revoke_family(rt.family_id)
     return nil, "refresh token reused: session revoked"
   end
+  local lost_race = false
   local out
   db.transaction(function()
     -- only one of two concurrent uses can mark it used; the loser is a reuse
     local res = check(db.exec("UPDATE refresh_tokens SET used_at = ? WHERE id = ? "
       .. "AND used_at IS NULL AND revoked_at IS NULL", now_iso(), rt.id))
-    if (res.changes or 0) ~= 1 then return end
+    if (res.changes or 0) ~= 1 then
+      lost_race = true
+      return
+    end
     local user = M.user_by_id(rt.user_id)
     if not user then return end
     local next_token, next_claims = new_refresh(rt.user_id, rt.family_id)
@@ -241,6 +257,11 @@ function M.refresh(token)
             token_type = "bearer", expires_in = settings.access_token_ttl_s,
             refresh_token = next_token }
   end)
+  if lost_race then
+    -- two refreshes of one token in flight at once (two tabs): the other one won; this one is
+    -- refused without ending the session the winner just renewed
+    return nil, "refresh token used by a concurrent request"
+  end
   if not out then
     revoke_family(rt.family_id)
     return nil, "refresh token reused: session revoked"
@@ -256,17 +277,19 @@ end
 --- The caller of a request: verifies the bearer token and that its session is live. Raises 401.
 function M.authenticate(req)
   local h = req.headers.authorization
-  local token = h and h:match("^[Bb]earer%s+(%S+)%s*$")
+  local scheme, token
+  if h then scheme, token = h:match("^(%a+)%s+(%S+)%s*$") end
+  if not scheme or scheme:lower() ~= "bearer" then token = nil end
   if not token then errors.raise(401, "not authenticated", { ["WWW-Authenticate"] = "Bearer" }) end
   local claims = jwt.verify(token, M.key(), { iss = M.ISSUER, aud = M.AUDIENCE, typ = "access" })
   if not claims or type(claims.sid) ~= "string" then
     errors.raise(401, "invalid or expired token", { ["WWW-Authenticate"] = "Bearer" })
   end
-  local rows = check(db.query("SELECT u.*, (SELECT COUNT(*) FROM refresh_tokens r "
-    .. "WHERE r.family_id = ? AND r.revoked_at IS NULL) AS live FROM users u WHERE u.id = ?",
-    claims.sid, claims.sub))
+  local rows = check(db.query("SELECT u.* FROM users u WHERE u.id = ? AND EXISTS (SELECT 1 "
+    .. "FROM refresh_tokens r WHERE r.family_id = ? AND r.revoked_at IS NULL)",
+    claims.sub, claims.sid))
   local user = rows[1]
-  if not user or tonumber(user.live) == 0 then
+  if not user then
     errors.raise(401, "session ended", { ["WWW-Authenticate"] = "Bearer" })
   end
   req.user, req.session_id, req.token_claims = user, claims.sid, claims

@@ -19,14 +19,14 @@ M.TERMINAL = { resolved = true, closed = true }
 -- to resolved or closed.
 M.NEXT = { inquiry = { "investigating", "resolved", "closed" },
            investigating = { "resolved", "closed" }, resolved = {}, closed = {} }
+M.CLOSURE_REASONS = { inquiry_only = true, solution_deferred = true,
+                      closed_rca_infeasible = true, mitigation_sufficient = true,
+                      closed_insufficient_evidence = true }
 M.MILESTONES = { "symptom_verified", "root_cause_identified", "solution_proposed",
                  "mitigation_accepted", "mitigation_verified", "solution_accepted",
                  "solution_verified" }
 
-local function check(ok, err, code)
-  if ok == nil then error(string.format("database: %s (%s)", tostring(err), tostring(code)), 2) end
-  return ok
-end
+local check = require "fm.db.check"
 
 local function arr(t)
   if t and json.is_array(t) then return t end -- decoded arrays are marked already
@@ -90,7 +90,10 @@ end
 
 --- The caller's case or a 404.
 function M.get_row(user, id)
-  if type(id) ~= "string" or #id > 128 then errors.raise(404, "case not found") end
+  -- ids are made here: anything else (bad UTF-8 included) cannot name a case
+  if type(id) ~= "string" or #id > 64 or not id:match("^case_%x+$") then
+    errors.raise(404, "case not found")
+  end
   local row = check(db.query("SELECT * FROM cases WHERE id = ? AND user_id = ?", id, user.id))[1]
   if not row then errors.raise(404, "case not found") end
   return row
@@ -141,6 +144,9 @@ function M.list(user, q)
     args[#args + 1] = q.state
   end
   if q.source and q.source ~= "" then
+    if #q.source > 64 or not utf8.len(q.source) then
+      invalid({ "query", "source" }, "at most 64 characters of UTF-8")
+    end
     where[#where + 1] = "source = ?"
     args[#args + 1] = q.source
   end
@@ -213,15 +219,23 @@ local function opt_string(body, name, max)
   return v
 end
 
--- Case-YYMMDD-N: N counts the user's cases created today (UTC), from 1.
+-- Case-YYMMDD-N: N counts the user's default titles of that UTC day, from 1, with a counter row
+-- (an upsert both databases share), so it never repeats. Runs inside the create's transaction.
 local function default_title(user, now_iso)
   local day = now_iso:sub(1, 10)
-  local nth = int(check(db.query("SELECT COUNT(*) AS n FROM cases WHERE user_id = ? AND "
-    .. "created_at >= ? AND created_at < ?", user.id, day, day .. "T99"))[1].n) + 1
-  return string.format("Case-%s%s%s-%d", day:sub(3, 4), day:sub(6, 7), day:sub(9, 10), nth)
+  local res = check(db.exec("INSERT INTO case_title_counters (user_id, day, n) VALUES (?, ?, 1) "
+    .. "ON CONFLICT (user_id, day) DO UPDATE SET n = case_title_counters.n + 1 RETURNING n",
+    user.id, day))
+  return string.format("Case-%s%s%s-%d", day:sub(3, 4), day:sub(6, 7), day:sub(9, 10),
+    int(res.last_id))
 end
 
 local function insert_case(user, fields)
+  if not db.in_transaction() then -- the title counter and the case: both or neither
+    local row
+    db.transaction(function() row = insert_case(user, fields) end)
+    return row
+  end
   local t = time.iso8601()
   local id = "case_" .. crypto.random_hex(12)
   local title = fields.title
@@ -257,7 +271,7 @@ function M.create(user, body, idem, raw)
     description = opt_string(body, "description", 20000),
     initial_message = opt_string(body, "initial_message", 100000),
     session_id = opt_string(body, "session_id", 128),
-    source = opt_string(body, "source", 32) or "api",
+    source = "api", -- not the client's to choose (the contract's request has no source)
   }
   if not idem then return 201, M.summary(insert_case(user, fields)) end
   if #idem < 8 or #idem > 255 or not idem:match(M.IDEMPOTENCY_KEY) then
@@ -268,13 +282,11 @@ function M.create(user, body, idem, raw)
     local status, out, headers
     local ok, err = pcall(db.transaction, function()
       local t = time.iso8601()
+      -- this user's expired keys go (this one too, if it expired): nothing else sweeps them
+      check(db.exec("DELETE FROM idempotency_keys WHERE user_id = ? AND expires_at < ?",
+        user.id, t))
       local prev = check(db.query("SELECT * FROM idempotency_keys WHERE user_id = ? AND "
         .. "idem_key = ?", user.id, idem))[1]
-      if prev and prev.expires_at < t then
-        check(db.exec("DELETE FROM idempotency_keys WHERE user_id = ? AND idem_key = ?", user.id,
-          idem))
-        prev = nil
-      end
       if prev then
         if prev.request_hash ~= hash or prev.route ~= route then
           status, out = 409, { detail = "Idempotency-Key reused with a different request" }
@@ -358,8 +370,22 @@ function M.update(user, id, body, if_match)
     end
     sets[#sets + 1] = "state = ?"
     args[#args + 1] = state
+    if state == "investigating" then sets[#sets + 1] = "stage = 'diagnosis'" end
     if state == "resolved" then sets[#sets + 1] = "resolved_at = ?"; args[#args + 1] = t end
-    if state == "closed" then sets[#sets + 1] = "closed_at = ?"; args[#args + 1] = t end
+    if state == "closed" then
+      sets[#sets + 1] = "closed_at = ?"
+      args[#args + 1] = t
+      local reason = body.closure_reason
+      if reason ~= nil and reason ~= null then
+        if not M.CLOSURE_REASONS[reason] then
+          invalid({ "body", "closure_reason" }, "must be one of inquiry_only, solution_deferred, "
+            .. "closed_rca_infeasible, mitigation_sufficient, closed_insufficient_evidence",
+            "type_error.enum")
+        end
+        sets[#sets + 1] = "closure_reason = ?"
+        args[#args + 1] = reason
+      end
+    end
   end
   sets[#sets + 1] = "updated_at = ?"
   args[#args + 1] = t
