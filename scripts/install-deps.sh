@@ -11,7 +11,7 @@ build_pkgs=(build-essential cmake pkg-config liblua5.4-dev lua5.4 libmicrohttpd-
   libpq-dev libhiredis-dev libcurl4-openssl-dev libjansson-dev libsodium-dev libssl-dev
   libedit-dev lua-cjson ca-certificates curl)
 test_pkgs=(lua-busted lua-socket lua-check postgresql redis-server redis-sentinel prometheus tmux)
-bench_pkgs=(nginx libnginx-mod-http-lua wrk)
+bench_pkgs=(nginx libnginx-mod-http-lua wrk sqlite3)
 
 want=()
 groups=("$@")

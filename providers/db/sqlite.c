@@ -1,6 +1,6 @@
 /* sqlite.c: the embedded database driver (sqlite3). One connection per pool slot, opened with
  * SQLITE_OPEN_NOMUTEX (a connection is used by one thread at a time), WAL journal,
- * busy_timeout 5 s, foreign_keys=ON, synchronous=FULL. Transactions start with BEGIN IMMEDIATE
+ * a busy handler that polls finely for up to 5 s, foreign_keys=ON, synchronous=FULL. Transactions start with BEGIN IMMEDIATE
  * so that a writer waits for the lock up front (busy_timeout) instead of failing when a read
  * transaction would have to upgrade. Errors carry SQLSTATE-like codes mapped from the extended
  * result codes (23505 unique, 23503 foreign key, 40001 busy, ...). */
@@ -18,7 +18,22 @@
 
 struct fm_db_conn {
   sqlite3 *db;
+  double busy_since; /* monotonic time of the first busy retry of the current wait */
 };
+
+/* Busy handler: SQLite's own (sqlite3_busy_timeout) sleeps in steps that grow to 100 ms, so a
+ * writer that finds the lock taken often waits far longer than the holder needs it (bench/db
+ * measured a 300 ms p99 for case creates with two workers). This one polls every 0.5 ms, backing
+ * off to 2 ms after the first 20 ms, and gives up after BUSY_TIMEOUT_MS. */
+static int busy_cb(void *ud, int attempt) {
+  struct fm_db_conn *c = ud;
+  double now = fm_time_mono();
+  if (attempt == 0) c->busy_since = now;
+  double waited = now - c->busy_since;
+  if (waited * 1000.0 >= BUSY_TIMEOUT_MS) return 0; /* SQLITE_BUSY -> 40001 */
+  fm_sleep(waited < 0.02 ? 0.0005 : 0.002);
+  return 1;
+}
 
 static const char *sqlstate_of(int ext) {
   switch (ext) {
@@ -94,13 +109,13 @@ static int sq_connect(const struct fm_db_url *url, double timeout_s, struct fm_d
     return -1;
   }
   sqlite3_extended_result_codes(db, 1);
-  sqlite3_busy_timeout(db, BUSY_TIMEOUT_MS);
   struct fm_db_conn *c = calloc(1, sizeof *c);
   if (!c) {
     sqlite3_close_v2(db);
     return fm_db_fail(e, "53200", "out of memory");
   }
   c->db = db;
+  sqlite3_busy_handler(db, busy_cb, c);
   char mode[16] = "";
   rc = sqlite3_exec(db, "PRAGMA journal_mode=WAL", journal_cb, mode, NULL);
   if (rc != SQLITE_OK || run_simple(c, "PRAGMA foreign_keys=ON; PRAGMA synchronous=FULL", e)) {
