@@ -4,6 +4,7 @@
  *   random_hex(n), random_bytes(n)
  *   hmac_sha256(key, msg) -> 32 raw bytes        sha256(data) -> 32 raw bytes
  *   equal(a, b) -> boolean                       constant time for equal lengths
+ *   hex(bytes) -> lower-case hex text
  *   b64url_encode(bytes) -> text (no padding)     b64url_decode(text) -> bytes | nil
  *   password_hash(pw, ops, mem_kib) -> "$argon2id$..."   (libsodium's string format)
  *   password_verify(hash, pw) -> boolean
@@ -61,6 +62,20 @@ static int l_crypto_sha256(lua_State *L) {
   unsigned char out[crypto_hash_sha256_BYTES];
   crypto_hash_sha256(out, (const unsigned char *)s, n);
   lua_pushlstring(L, (const char *)out, sizeof out);
+  return 1;
+}
+
+static int l_crypto_hex(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  static const char digits[] = "0123456789abcdef";
+  luaL_Buffer b;
+  char *p = luaL_buffinitsize(L, &b, n * 2);
+  for (size_t i = 0; i < n; i++) {
+    p[2 * i] = digits[(unsigned char)s[i] >> 4];
+    p[2 * i + 1] = digits[(unsigned char)s[i] & 15];
+  }
+  luaL_pushresultsize(&b, n * 2);
   return 1;
 }
 
@@ -213,6 +228,7 @@ static const luaL_Reg funcs[] = {{"secret_file", l_crypto_secret_file},{"random_
                                  {"random_bytes", l_crypto_random_bytes},
                                  {"hmac_sha256", l_crypto_hmac_sha256},
                                  {"sha256", l_crypto_sha256},
+                                 {"hex", l_crypto_hex},
                                  {"equal", l_crypto_equal},
                                  {"b64url_encode", l_crypto_b64url_encode},
                                  {"b64url_decode", l_crypto_b64url_decode},

@@ -91,7 +91,9 @@ describe("fm.crypto for auth", function()
   it("HMAC-SHA256 matches RFC 4231 test case 2", function()
     local mac = crypto.hmac_sha256("Jefe", "what do ya want for nothing?")
     assert.equal("5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843",
-      (mac:gsub(".", function(c) return string.format("%02x", c:byte()) end)))
+      crypto.hex(mac))
+    assert.equal("00ff10", crypto.hex("\0\255\16"))
+    assert.equal("", crypto.hex(""))
   end)
 
   it("base64url round-trips and refuses bad input", function()

@@ -16,9 +16,7 @@ local M = {}
 
 local LOCK_ID = 7370630 -- pg_advisory_xact_lock key: "fm" migrations
 
-local function hex(s)
-  return (s:gsub(".", function(c) return string.format("%02x", c:byte()) end))
-end
+local hex = crypto.hex
 
 local function now() return require("fm.time").iso8601() end
 

@@ -22,9 +22,7 @@ M.ISSUER, M.AUDIENCE = "faultmaven", "faultmaven-api"
 local function now_iso() return time.iso8601() end
 local function iso_at(t) return time.iso8601(t) end
 
-local function hex(s)
-  return (s:gsub(".", function(c) return string.format("%02x", c:byte()) end))
-end
+local hex = crypto.hex
 
 local check = require "fm.db.check"
 

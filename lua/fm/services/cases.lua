@@ -255,9 +255,7 @@ end
 M.IDEMPOTENCY_KEY = "^[A-Za-z0-9_%-]+$"
 local IDEM_TTL_S = 24 * 3600
 
-local function hex(s)
-  return (s:gsub(".", function(c) return string.format("%02x", c:byte()) end))
-end
+local hex = crypto.hex
 
 --- Creates a case from CaseCreateRequest. Returns status, body, headers.
 -- idem: the Idempotency-Key header or nil; raw: the request body text (its hash is the identity
