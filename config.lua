@@ -119,6 +119,10 @@ M.specs = {
     min = 0, max = 3600, default = 30,
     doc = "At start, how long the engine retries connecting to the database (exponential "
       .. "backoff with jitter, each attempt logged) before it exits 1." },
+  { env = "DATABASE_STATEMENT_TIMEOUT_S", key = "database_statement_timeout_s", kind = "number",
+    min = 0, max = 3600, default = 30,
+    doc = "PostgreSQL: longest a statement may run (statement_timeout of every pooled session); "
+      .. "past it the request gets 503. 0: no limit. A statement in the URL's `options` wins." },
   { env = "RUN_STARTUP_MIGRATIONS", key = "run_startup_migrations", kind = "bool",
     default = function(s) return s.deployment_mode == "local" end,
     default_doc = "true in local mode, false otherwise",

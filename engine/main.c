@@ -227,6 +227,7 @@ static int load_settings(struct fm_vm *vm, struct settings *s, struct fm_err *er
   }
   s->db_pool_size = (int)get_int(L, "database_pool_size");
   s->db_pool_timeout_s = get_num(L, "database_pool_timeout_s");
+  s->db_url.statement_timeout_ms = (int)(get_num(L, "database_statement_timeout_s") * 1000.0);
   s->db_connect_timeout_s = get_num(L, "database_connect_timeout_s");
   lua_getfield(L, -1, "cors_allow_origins");
   size_t n = lua_istable(L, -1) ? lua_rawlen(L, -1) : 0;

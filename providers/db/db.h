@@ -27,6 +27,7 @@ struct fm_db_url {
   char path[PATH_MAX];          /* sqlite: absolute file path */
   char conninfo[FM_DB_URL_MAX]; /* postgres: the libpq URI (postgresql://...) */
   char display[FM_DB_URL_MAX];  /* the URL with its password masked, for logs and errors */
+  int statement_timeout_ms;     /* postgres: statement_timeout of every session, 0 = none */
 };
 
 /* Parses DATABASE_URL:

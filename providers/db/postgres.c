@@ -100,8 +100,13 @@ static int pg_connect(const struct fm_db_url *url, double timeout_s, struct fm_d
   /* libpq's connect_timeout counts whole seconds, at least 2; the URL's own wins (it comes
    * later in the list) */
   snprintf(to, sizeof to, "%d", timeout_s < 2 ? 2 : (int)ceil(timeout_s));
-  const char *kw[] = {"connect_timeout", "application_name", "client_encoding", "dbname", NULL};
-  const char *val[] = {to, "faultmaven", "UTF8", url->conninfo, NULL};
+  /* A statement blocked on a lock or running away ends with 57014 (the request gets 503) instead
+   * of holding a pooled connection for good. */
+  char opts[64];
+  snprintf(opts, sizeof opts, "-c statement_timeout=%d", url->statement_timeout_ms);
+  const char *kw[] = {"connect_timeout", "application_name", "client_encoding", "options", "dbname",
+                      NULL};
+  const char *val[] = {to, "faultmaven", "UTF8", opts, url->conninfo, NULL};
   PGconn *pg = PQconnectdbParams(kw, val, 1);
   if (!pg) return fm_db_fail(e, "08001", "out of memory");
   if (PQstatus(pg) != CONNECTION_OK) {

@@ -157,3 +157,22 @@ describe("a database that goes away", function()
     assert.equal(200, assert(engine:get("/health/live")).status)
   end)
 end)
+
+describe("a statement that runs too long on PostgreSQL", function()
+  lazy_teardown(helpers.cleanup)
+
+  it("ends at DATABASE_STATEMENT_TIMEOUT_S with a 503, and frees its connection", function()
+    local pg = helpers.postgres.start()
+    local engine = helpers.engine.start { env = {
+      DATABASE_URL = pg:url_for(pg:create_database()), DATABASE_STATEMENT_TIMEOUT_S = "0.5",
+      DATABASE_POOL_SIZE = "1", FM_WORKERS = "2",
+      FM_EXTRA_ROUTES = "fm_test.routes,fm_test.db_routes" } }
+    assert.equal(200, assert(engine:get("/test/db/sleep?ms=50")).status)
+    local t0 = helpers.now()
+    local r = assert(engine:get("/test/db/sleep?ms=5000", { timeout = 10 }))
+    assert.equal(503, r.status, r.body)
+    assert.is_true(helpers.now() - t0 < 3, "the statement was not cut at its timeout")
+    -- the one pooled connection is usable again
+    assert.equal(200, assert(engine:get("/test/db/query")).status)
+  end)
+end)
