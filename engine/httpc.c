@@ -113,3 +113,31 @@ done:
   if (rc) fm_httpc_res_free(res);
   return rc;
 }
+
+int fm_httpc_url_hostport(const char *url, char *out, size_t outsz) {
+  if (!url || !outsz) return FM_E_INVAL;
+  out[0] = '\0';
+  CURLU *u = curl_url();
+  if (!u) return FM_E_NOMEM;
+  char *scheme = NULL, *host = NULL, *port = NULL;
+  int rc = FM_E_INVAL;
+  if (curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
+      curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
+      (strcmp(scheme, "http") == 0 || strcmp(scheme, "https") == 0) &&
+      curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK &&
+      curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) == CURLUE_OK) {
+    int n = snprintf(out, outsz, "%s:%s", host, port);
+    if (n > 0 && (size_t)n < outsz) {
+      for (char *p = out; *p; p++)
+        if (*p >= 'A' && *p <= 'Z') *p = (char)(*p - 'A' + 'a');
+      rc = 0;
+    } else {
+      out[0] = '\0';
+    }
+  }
+  curl_free(scheme);
+  curl_free(host);
+  curl_free(port);
+  curl_url_cleanup(u);
+  return rc;
+}

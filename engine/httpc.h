@@ -36,4 +36,10 @@ void fm_httpc_global_cleanup(void);
 int fm_httpc_request(const struct fm_httpc_req *req, struct fm_httpc_res *res, struct fm_err *err);
 void fm_httpc_res_free(struct fm_httpc_res *res);
 
+/* Writes the URL's "host:port" (lower-case host, the scheme's port when none is given, IPv6 in
+ * brackets) to out: the default circuit-breaker name of a dependency (engine/breaker.h).
+ * Returns 0, or FM_E_INVAL for a URL that is not http(s) or that libcurl cannot parse, or a
+ * result that does not fit. */
+int fm_httpc_url_hostport(const char *url, char *out, size_t outsz);
+
 #endif

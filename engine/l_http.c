@@ -1,11 +1,16 @@
 /* fm.http: outbound HTTP for Lua on libcurl.
  *   fm.http.request{method=, url=, headers={name=value}, body=, timeout=, connect_timeout=,
- *                   max_body=} -> {status=, headers={lower-case name=value}, body=}
- *   Failures of the world return nil, message, code ("connect"|"timeout"|"too_large"|"io"). */
+ *                   max_body=, breaker=} -> {status=, headers={lower-case name=value}, body=}
+ *   Failures of the world return nil, message, code ("connect"|"timeout"|"too_large"|"io").
+ *   Every request goes through the circuit breaker (engine/breaker.h) named by `breaker` (default
+ *   the URL's "host:port"; false: none). While it is open the request is not sent and the call
+ *   returns nil, "circuit open for <name>", "CIRCUIT_OPEN" (lua/fm/breaker.lua builds the 503). */
+#include "breaker.h"
 #include "httpc.h"
 
 #include <ctype.h>
 #include <lauxlib.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -93,6 +98,22 @@ static int l_http_request(lua_State *L) {
     }
   }
   req.headers = hdrs;
+  /* The breaker's name: given, the URL's host:port by default, or none (false). */
+  char bname[FM_BREAKER_NAME_MAX + 1] = "";
+  lua_getfield(L, 1, "breaker");
+  if (lua_type(L, -1) == LUA_TSTRING) {
+    const char *n = lua_tostring(L, -1);
+    if (!fm_breaker_valid_name(n))
+      return luaL_error(L, "breaker: a name of 1 to %d characters [A-Za-z0-9._:/@+[]-] expected",
+                        FM_BREAKER_NAME_MAX);
+    snprintf(bname, sizeof bname, "%s", n);
+  } else if (lua_isnil(L, -1) || (lua_isboolean(L, -1) && lua_toboolean(L, -1))) {
+    if (fm_httpc_url_hostport(req.url, bname, sizeof bname) || !fm_breaker_valid_name(bname))
+      bname[0] = '\0'; /* no breaker for a URL without a usable host (it fails below anyway) */
+  } else if (!lua_isboolean(L, -1)) {
+    return luaL_error(L, "breaker: a name or false expected");
+  }
+  lua_pop(L, 1);
   struct fm_httpc_res *res = lua_newuserdatauv(L, sizeof *res, 0);
   memset(res, 0, sizeof *res);
   if (luaL_newmetatable(L, "fm.http.response")) {
@@ -101,7 +122,16 @@ static int l_http_request(lua_State *L) {
   }
   lua_setmetatable(L, -2);
   struct fm_err err = {0};
+  struct fm_breaker_ticket ticket = {0};
+  if (bname[0] && !fm_breaker_acquire(bname, &ticket, NULL)) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "circuit open for %s", bname);
+    lua_pushliteral(L, "CIRCUIT_OPEN");
+    return 3;
+  }
   int rc = fm_httpc_request(&req, res, &err);
+  /* before anything that can raise: the ticket must be handed back exactly once */
+  fm_breaker_release(&ticket, fm_breaker_classify(rc, res->status));
   if (rc) {
     if (rc == FM_E_INVAL) return luaL_error(L, "%s", err.msg);
     lua_pushnil(L);

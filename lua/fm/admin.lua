@@ -178,6 +178,37 @@ function M.log_level(level)
   return prev
 end
 
+--- The circuit breakers (lua/fm/breaker.lua), sorted by name: {{name=, state=, failures=,
+-- opened_at= (ISO 8601, nil if it never opened), retry_in= (seconds until a probe may go)}, ...}.
+-- breakers("reset", name) closes one, like reset_breaker(name).
+function M.breakers(action, name)
+  local breaker = require "fm.breaker"
+  if action == "reset" then return M.reset_breaker(name) end
+  if action ~= nil then error("breakers: expected no argument or (\"reset\", name)", 2) end
+  local out = {}
+  for i, b in ipairs(breaker.list()) do
+    out[i] = {
+      name = b.name,
+      state = b.state,
+      failures = b.failures,
+      opened_at = b.opened_at and require("fm.time").iso8601(b.opened_at) or nil,
+      retry_in = math.floor(b.retry_in * 1000 + 0.5) / 1000,
+      probe_in_flight = b.probe_in_flight or nil,
+    }
+  end
+  return out
+end
+
+--- Closes one circuit breaker and forgets its failures; true when it existed.
+function M.reset_breaker(name)
+  if type(name) ~= "string" or name == "" then
+    error("reset_breaker: expected a breaker name (see admin.breakers())", 2)
+  end
+  local existed = require("fm.breaker").reset(name)
+  if existed then log.warn("circuit breaker reset from the admin REPL", { dependency = name }) end
+  return existed
+end
+
 M.help_text = {
   { "admin.stats()", "uptime, generation, requests, workers, queue, memory" },
   { "admin.reload()", "reload config.lua, lua/ and playbooks/ now; the outcome" },
@@ -186,6 +217,8 @@ M.help_text = {
   { "admin.config()", "every setting, secrets masked" },
   { "admin.health()", "run every health check now" },
   { "admin.log_level([l])", "the log level; with l (debug, info, warn, error, off) set it" },
+  { "admin.breakers()", "circuit breakers: state, failures, opened_at, retry_in" },
+  { "admin.reset_breaker(n)", "close breaker n (also admin.breakers(\"reset\", n))" },
   { "admin.help()", "this list" },
 }
 
