@@ -123,6 +123,37 @@ M.specs = {
     min = 0, max = 3600, default = 30,
     doc = "PostgreSQL: longest a statement may run (statement_timeout of every pooled session); "
       .. "past it the request gets 503. 0: no limit. A statement in the URL's `options` wins." },
+  { env = "KV_MEMORY_MAX_MB", key = "kv_memory_max_mb", kind = "int", min = 1, max = 65536,
+    default = 64,
+    doc = "The in-process key-value store (used when no Redis is set): its memory bound. When "
+      .. "full, expired entries go first, then the least recently used. See docs/KV.md." },
+  { env = "REDIS_MODE", key = "redis_mode", kind = "enum", lower = true,
+    values = { "standalone", "sentinel" }, default = "standalone",
+    doc = "standalone: one Redis at REDIS_URL or REDIS_HOST. sentinel is not built yet (the "
+      .. "engine refuses to start with it)." },
+  { env = "REDIS_URL", key = "redis_url", kind = "string", default = "", mask = mask_url,
+    check = function(u)
+      if u ~= "" and not u:match("^redis://") then
+        return "expected redis://[:password@]host[:port][/db]"
+      end
+    end,
+    doc = "redis://[:password@]host[:port][/db]. Wins over REDIS_HOST. Empty with REDIS_HOST "
+      .. "empty: the in-process store (one process only)." },
+  { env = "REDIS_HOST", key = "redis_host", kind = "string", default = "",
+    doc = "Redis host (with REDIS_PORT, REDIS_PASSWORD, REDIS_DB) when REDIS_URL is empty." },
+  { env = "REDIS_PORT", key = "redis_port", kind = "int", min = 1, max = 65535, default = 6379,
+    doc = "Redis port, with REDIS_HOST." },
+  { env = "REDIS_PASSWORD", key = "redis_password", kind = "string", default = "", secret = true,
+    doc = "Redis password (AUTH), with REDIS_HOST, or REDIS_URL without one." },
+  { env = "REDIS_DB", key = "redis_db", kind = "int", min = 0, max = 1000000, default = 0,
+    doc = "Redis database number, with REDIS_HOST." },
+  { env = "REDIS_POOL_SIZE", key = "redis_pool_size", kind = "int", min = 1, max = 1024,
+    default = function(s) return s.workers + 2 end, default_doc = "FM_WORKERS + 2",
+    doc = "Redis connections at most, opened on demand." },
+  { env = "REDIS_TIMEOUT_MS", key = "redis_timeout_ms", kind = "int", min = 10, max = 600000,
+    default = 2000,
+    doc = "Redis connect and command timeout; also how long a call waits for a free pooled "
+      .. "connection. Past it the call fails with KV_TIMEOUT or KV_UNAVAILABLE." },
   { env = "RUN_STARTUP_MIGRATIONS", key = "run_startup_migrations", kind = "bool",
     default = function(s) return s.deployment_mode == "local" end,
     default_doc = "true in local mode, false otherwise",
@@ -152,6 +183,18 @@ M.specs = {
   { env = "PASSWORD_HASH_MEMORY_KIB", key = "password_hash_memory_kib", reload = true,
     kind = "int", min = 8192, max = 4194304, default = 65536,
     doc = "argon2id memory per password hash (KiB); each login holds this much for ~0.1 s." },
+  { env = "CIRCUIT_BREAKER_ENABLED", key = "circuit_breaker_enabled", kind = "bool",
+    default = true,
+    doc = "Circuit breakers around outbound dependencies (every fm.http request; see "
+      .. "docs/OPERATIONS.md). false: requests always go out." },
+  { env = "CIRCUIT_BREAKER_FAIL_THRESHOLD", key = "circuit_breaker_fail_threshold", kind = "int",
+    min = 1, max = 1000000, default = 5,
+    doc = "Consecutive failures (5xx, timeout, connection error; never 4xx) that open a "
+      .. "dependency's breaker." },
+  { env = "CIRCUIT_BREAKER_RESET_TIMEOUT", key = "circuit_breaker_reset_timeout",
+    kind = "number", min = 0.1, max = 86400, default = 30,
+    doc = "Seconds a breaker stays open (requests answered at once, not sent) before one probe "
+      .. "request may go; its success closes the breaker, its failure opens it again." },
   { env = "CORS_ALLOW_ORIGINS", key = "cors_allow_origins", kind = "list",
     default = { "http://localhost:3000", "http://localhost:5173" },
     doc = "Origins allowed by CORS besides chrome-extension:// and moz-extension:// (`*`: any)." },

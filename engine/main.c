@@ -2,6 +2,7 @@
 #include "admin.h"
 #include "cors.h"
 #include "db.h"
+#include "kv.h"
 #include "http.h"
 #include "httpc.h"
 #include "log.h"
@@ -259,6 +260,15 @@ static int open_database(const struct settings *s, struct fm_err *err) {
   return 0;
 }
 
+/* The process's key-value store (fm.kv): memory, or Redis from REDIS_URL / REDIS_HOST. */
+static int open_kv(struct fm_err *err) {
+  struct fm_vm *vm = boot_vm(FM_VM_SERVE, err);
+  if (!vm) return FM_E_LUA;
+  int rc = fm_kv_open_from_settings(vm, err);
+  fm_vm_free(vm);
+  return rc;
+}
+
 /* Calls require(module)[fn](arg) in a fresh VM (mode SERVE inside serve, EXEC for commands) and
  * returns its integer result in *out (0 when it returns none). */
 static int l_call_step(lua_State *L) {
@@ -374,6 +384,10 @@ static int cmd_serve(void) {
     fprintf(stderr, "faultmaven: %s\n", err.msg);
     goto fail;
   }
+  if (open_kv(&err)) {
+    fprintf(stderr, "faultmaven: %s\n", err.msg);
+    goto fail;
+  }
   snprintf(fm_state.host, sizeof fm_state.host, "%s", s.host);
   snprintf(fm_state.data_dir, sizeof fm_state.data_dir, "%s", s.data_dir);
   fm_state.workers = s.workers;
@@ -466,6 +480,8 @@ static int cmd_serve(void) {
   fm_http_stop();
   fm_workers_stop();
   fm_db_global_close(); /* after the workers: they borrow its connections */
+  fm_kv_global_close();
+  fm_kv_scripts_reset();
   fm_reload_free(); /* workers read the generation and the start settings until they stop */
   fm_httpc_global_cleanup();
   fm_metrics_reset();
@@ -478,6 +494,8 @@ fail:
   fm_reload_stop();
   fm_reload_free();
   fm_db_global_close();
+  fm_kv_global_close();
+  fm_kv_scripts_reset();
   return rc;
 }
 
@@ -526,6 +544,8 @@ static int cmd_exec(int argc, char **argv) {
   }
   fm_vm_free(vm);
   fm_db_global_close(); /* fm.db opens it on first use in exec */
+  fm_kv_global_close(); /* so does fm.kv */
+  fm_kv_scripts_reset();
   fm_httpc_global_cleanup();
   fm_metrics_reset();
   return rc;

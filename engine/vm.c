@@ -22,6 +22,8 @@ int luaopen_fm_proc(lua_State *L);
 int luaopen_fm_source(lua_State *L);
 int luaopen_fm_sandbox_core(lua_State *L);
 int luaopen_fm_db(lua_State *L);
+int luaopen_fm_kv(lua_State *L);
+int luaopen_fm_breaker_core(lua_State *L);
 
 static const luaL_Reg preloads[] = {
     {"fm.log", luaopen_fm_log},       {"fm.metrics", luaopen_fm_metrics},
@@ -29,6 +31,8 @@ static const luaL_Reg preloads[] = {
     {"fm.json", luaopen_fm_json},     {"fm.crypto", luaopen_fm_crypto},
     {"fm.engine", luaopen_fm_engine}, {"fm.source", luaopen_fm_source},
     {"fm.sandbox_core", luaopen_fm_sandbox_core}, {"fm.db", luaopen_fm_db},
+    {"fm.kv", luaopen_fm_kv},
+    {"fm.breaker_core", luaopen_fm_breaker_core},
     {NULL, NULL},
 };
 

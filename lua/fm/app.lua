@@ -11,6 +11,7 @@ M.route_modules = { "fm.api.root", "fm.api.health", "fm.api.meta", "fm.api.metri
                     "fm.api.auth", "fm.api.cases" }
 
 require "fm.services.database" -- registers the "database" component of /health
+require "fm.services.kv" -- registers the "kv" component of /health
 
 local router = router_mod.new()
 for _, name in ipairs(M.route_modules) do require(name)(router) end

@@ -19,6 +19,7 @@
 --   helpers.engine.start(opts)              a real `faultmaven serve` on a free port
 --   helpers.http                            raw HTTP/1.1 keep-alive client (spec/helpers/http.lua)
 --   helpers.postgres.start(opts)            a real PostgreSQL server in a temp dir (below)
+--   helpers.redis.start(opts)               a real redis-server in a temp dir (below)
 --   helpers.db_backends()                   the database backends a spec runs on (below)
 --   helpers.each_db(fn)                     fn(url, name, backend) for each backend
 --   helpers.cleanup()                       close fm.db's pool, stop every child still running,
@@ -47,6 +48,12 @@
 -- dir, or a new database on one PostgreSQL server shared by the spec file (started on first use;
 -- opts.durable: on a second server with fsync on); b.server([opts]) is that server (nil for
 -- SQLite). helpers.each_db(fn) calls fn(b.url(), b.name, b) for each at once.
+--
+-- Redis: helpers.redis.start{password = "pw"} starts `redis-server` on a free loopback port in a
+-- temp dir, no persistence (--save '', no AOF). It returns {port, host, url =
+-- "redis://[:pw@]127.0.0.1:PORT/0", dir, log(), stop(), restart() (a new server on the same port,
+-- empty), alive(), cli(args...) -> ok, output (redis-cli with the password)}; it raises with the
+-- log when the server does not come up. helpers.cleanup() stops it.
 --
 -- Later issues add servers the same way as helpers.postgres: a table with `start(opts)` that
 -- picks a free port and a temp dir with helpers.free_port()/helpers.tmpdir(), launches the server
@@ -604,6 +611,81 @@ function helpers.postgres.start(opts)
   return pg
 end
 
+-- ------------------------------------------------------------------------------------------------
+-- Redis
+
+helpers.redis = {}
+
+local Redis = {}
+Redis.__index = Redis
+
+function Redis:log() return helpers.read_file(self.log_path) or "" end
+function Redis:alive() return self.proc ~= nil and self.proc:alive() end
+
+-- Runs redis-cli against the server: ok, output (stdout and stderr).
+function Redis:cli(...)
+  local argv = { "redis-cli", "--no-auth-warning", "-h", "127.0.0.1", "-p", tostring(self.port) }
+  if self.password then
+    argv[#argv + 1] = "-a"
+    argv[#argv + 1] = self.password
+  end
+  for _, a in ipairs({ ... }) do argv[#argv + 1] = tostring(a) end
+  local ok, _, out = helpers.shell(argv_line(argv) .. " 2>&1")
+  return ok, out
+end
+
+-- Stops the server (SIGKILL when kill is true: no goodbye to clients).
+function Redis:stop(kill)
+  if not self:alive() then return end
+  if kill then
+    self.proc:kill()
+    self.proc:wait(5)
+    return
+  end
+  return self.proc:stop("TERM", 10)
+end
+
+function Redis:_launch()
+  local argv = { "redis-server", "--port", tostring(self.port), "--bind", "127.0.0.1",
+    "--save", "", "--appendonly", "no", "--dir", self.dir, "--daemonize", "no",
+    "--logfile", "" }
+  if self.password then
+    argv[#argv + 1] = "--requirepass"
+    argv[#argv + 1] = self.password
+  end
+  self.proc = helpers.spawn({ argv = argv, stdout = self.log_path, stderr = self.log_path,
+    cwd = self.dir })
+  self.pid = self.proc.pid
+  local ready, err = pcall(helpers.wait_until, function()
+    if not self.proc:alive() then error("redis-server exited", 0) end
+    local ok, out = self:cli("PING")
+    return ok and out and out:match("PONG")
+  end, 15, 0.05)
+  if not ready then
+    self.proc:kill()
+    error(("redis-server did not start: %s\n--- %s ---\n%s"):format(tostring(err),
+      self.log_path, self:log()), 3)
+  end
+end
+
+-- A new, empty server on the same port (after stop()).
+function Redis:restart()
+  self:stop()
+  self:_launch()
+  return self
+end
+
+function helpers.redis.start(opts)
+  opts = opts or {}
+  local dir = helpers.tmpdir("fm-redis-")
+  local r = setmetatable({ dir = dir, log_path = dir .. "/redis.log", host = "127.0.0.1",
+    port = helpers.free_port(), password = opts.password }, Redis)
+  r:_launch()
+  r.url = ("redis://%s127.0.0.1:%d/0"):format(opts.password and (":" .. opts.password .. "@")
+    or "", r.port)
+  return r
+end
+
 -- PostgreSQL servers for the spec file, started on first use (helpers.cleanup stops them): one
 -- with fsync off, one with fsync on for durability specs.
 local shared_pg = {}
@@ -677,6 +759,8 @@ end
 function helpers.cleanup()
   local fmdb = package.loaded["fm.db"] -- its connections first: servers are about to stop
   if fmdb and fmdb.close then pcall(fmdb.close) end
+  local fmkv = package.loaded["fm.kv"]
+  if fmkv and fmkv.close then pcall(fmkv.close) end
   for i = #procs, 1, -1 do
     local p = procs[i]
     if not p.how then p:stop(p.stop_signal or "TERM", 5) end
