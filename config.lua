@@ -10,6 +10,8 @@ local M = {}
 local engine_ok, engine = pcall(require, "fm.engine")
 local ncpu = engine_ok and engine.cpu_count() or 2
 
+local rl_ok, rl = pcall(require, "fm.ratelimit_core")
+
 -- DATABASE_URL is parsed by the engine's own parser (fm.db), so a URL the engine would refuse
 -- stops it here with exit 2; its password is masked wherever the value is shown.
 local db_ok, db = pcall(require, "fm.db")
@@ -172,6 +174,30 @@ M.specs = {
     doc = "A refresh token used again within this many seconds of its rotation is refused (401) "
       .. "without ending the session: two tabs refreshing at once. Later reuse is taken as "
       .. "theft and revokes the session." },
+  { env = "RATE_LIMIT_ENABLED", key = "rate_limit_enabled", reload = true, kind = "bool",
+    default = true,
+    doc = "Token-bucket rate limiting of the API per client (user, else IP), in separate buckets "
+      .. "for reads (GET/HEAD), turns and other writes. Health, /metrics and CORS preflights are "
+      .. "exempt. Shared through Redis when it is configured; in-process otherwise, and while "
+      .. "Redis fails (fail open)." },
+  { env = "RATE_LIMIT_REQUESTS_PER_MINUTE", key = "rate_limit_requests_per_minute",
+    reload = true, kind = "int", min = 1, max = 1000000, default = 60,
+    doc = "Steady rate of each bucket: it refills at this many tokens a minute." },
+  { env = "RATE_LIMIT_BURST_SIZE", key = "rate_limit_burst_size", reload = true, kind = "int",
+    min = 1, max = 1000000, default = 10,
+    doc = "Capacity of each bucket: a client idle long enough may send this many requests at "
+      .. "once; in any t seconds at most BURST + t x RATE/60 requests pass." },
+  { env = "FM_TRUSTED_PROXIES", key = "trusted_proxies", reload = true, kind = "list",
+    default = {},
+    check = function(list)
+      if not rl_ok then return nil end
+      for _, c in ipairs(list) do
+        if rl.addr_in("127.0.0.1", c) == nil then return "not an IP or CIDR: " .. c end
+      end
+      return nil
+    end,
+    doc = "IPs or CIDRs of reverse proxies: for a request from one of them the client address is "
+      .. "the right-most X-Forwarded-For entry that is not a trusted proxy." },
   { env = "FM_ALLOW_DEV_LOGIN", key = "allow_dev_login", reload = true, kind = "bool",
     default = false,
     doc = "Allow username-only login (dev-login, dev-register, and register or login without a "

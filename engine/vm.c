@@ -24,6 +24,7 @@ int luaopen_fm_sandbox_core(lua_State *L);
 int luaopen_fm_db(lua_State *L);
 int luaopen_fm_kv(lua_State *L);
 int luaopen_fm_breaker_core(lua_State *L);
+int luaopen_fm_ratelimit_core(lua_State *L);
 
 static const luaL_Reg preloads[] = {
     {"fm.log", luaopen_fm_log},       {"fm.metrics", luaopen_fm_metrics},
@@ -33,6 +34,7 @@ static const luaL_Reg preloads[] = {
     {"fm.sandbox_core", luaopen_fm_sandbox_core}, {"fm.db", luaopen_fm_db},
     {"fm.kv", luaopen_fm_kv},
     {"fm.breaker_core", luaopen_fm_breaker_core},
+    {"fm.ratelimit_core", luaopen_fm_ratelimit_core},
     {NULL, NULL},
 };
 

@@ -200,6 +200,8 @@ start_faultmaven() { # name database-url
   mkdir -p "$TMP/fm-$name"
   FM_LOG="$TMP/fm-$name/fm.log"
   log "starting faultmaven ($name) on 127.0.0.1:$FM_PORT (workers=$FM_WORKERS io-threads=$FM_HTTP_IO_THREADS LOG_LEVEL=$FM_LOG_LEVEL)"
+  # the rate limiter is off: wrk is one user sending thousands of requests a second
+  RATE_LIMIT_ENABLED="${RATE_LIMIT_ENABLED:-false}" \
   DEPLOYMENT_MODE=local DATABASE_URL="$url" ACCESS_TOKEN_TTL_S=3600 LOG_LEVEL="$FM_LOG_LEVEL" \
     "$FM_BIN" serve --host 127.0.0.1 --port "$FM_PORT" --data-dir "$TMP/fm-$name" --home "$ROOT" \
     --workers "$FM_WORKERS" --io-threads "$FM_HTTP_IO_THREADS" --log-level "$FM_LOG_LEVEL" \

@@ -8,7 +8,7 @@ local M = {}
 
 -- Built-in route modules, in order; FM_EXTRA_ROUTES adds more after them.
 M.route_modules = { "fm.api.root", "fm.api.health", "fm.api.meta", "fm.api.metrics",
-                    "fm.api.auth", "fm.api.cases" }
+                    "fm.api.auth", "fm.api.cases", "fm.api.sessions" }
 
 require "fm.services.database" -- registers the "database" component of /health
 require "fm.services.kv" -- registers the "kv" component of /health
@@ -31,6 +31,7 @@ M.router = router
 local chain_order = {
   (require "fm.middleware.cors"),
   (require "fm.middleware.errors"),
+  (require "fm.middleware.ratelimit"),
   (require "fm.middleware.json_body"),
 }
 

@@ -459,6 +459,8 @@ function helpers.engine.start(opts)
     FM_LUA_PATH = helpers.root .. "/spec/fixtures/lua/?.lua",
     FM_EXTRA_ROUTES = "fm_test.routes",
     LOG_LEVEL = "debug",
+    -- most specs send bursts to one engine: the rate limiter is off unless a spec turns it on
+    RATE_LIMIT_ENABLED = "false",
   }
   for k, v in pairs(opts.env or {}) do env[k] = v end
   local argv = { helpers.bin(), "serve" }
