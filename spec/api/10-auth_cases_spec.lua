@@ -435,6 +435,26 @@ for _, backend in ipairs(helpers.db_backends()) do
         assert.equal(a.json().case_id, b.json().case_id)
       end)
 
+      it("checks X-Session-Id when sent: SESSION_EXPIRED for an unknown or foreign one", function()
+        local sess = req("POST", "/api/v1/sessions", { token = alice,
+          json = { client_id = "spec-client-" .. backend.name } })
+        assert.equal(201, sess.status, sess.body)
+        local sid = sess.json().session_id
+        assert.equal(200, req("GET", "/api/v1/cases", { token = alice,
+          headers = { ["X-Session-Id"] = sid } }).status)
+        assert.equal(200, req("GET", "/api/v1/cases", { token = alice }).status)
+        for _, bad in ipairs { "sess_" .. string.rep("0", 32), "garbage" } do
+          local r = req("GET", "/api/v1/cases", { token = alice,
+            headers = { ["X-Session-Id"] = bad } })
+          assert.equal(401, r.status)
+          assert.equal("SESSION_EXPIRED", r.json().code)
+          assert.equal("session expired", r.json().detail)
+        end
+        -- another user's session is not the caller's
+        assert.equal(401, req("GET", "/api/v1/cases", { token = mallory,
+          headers = { ["X-Session-Id"] = sid } }).status)
+      end)
+
       it("answers retired routes with 410 naming /turns", function()
         local c = create({ description = "x" }).json()
         for _, sub in ipairs { "queries", "data" } do
