@@ -27,7 +27,8 @@ end
 
 -- kind: string | int | number | bool | enum | list
 -- secret = true: shown as ******** ; mask = fn(value): shown as fn(value) (a URL's password);
--- check = fn(value) -> nil | message: a further check of the resolved value (default included).
+-- check = fn(value, settings) -> nil | message: a further check of the resolved value (default
+-- included); settings holds every resolved value (to check one against another).
 -- reload = true: the setting applies with the next Lua generation (hot reload). Every other
 -- setting is held by C from start: a reload that changes it reports "restart required" and the
 -- running engine keeps the old value (see M.pin).
@@ -131,8 +132,33 @@ M.specs = {
       .. "full, expired entries go first, then the least recently used. See docs/KV.md." },
   { env = "REDIS_MODE", key = "redis_mode", kind = "enum", lower = true,
     values = { "standalone", "sentinel" }, default = "standalone",
-    doc = "standalone: one Redis at REDIS_URL or REDIS_HOST. sentinel is not built yet (the "
-      .. "engine refuses to start with it)." },
+    check = function(v, s)
+      if v == "sentinel" and #s.redis_sentinel_hosts == 0 then
+        return "sentinel needs REDIS_SENTINEL_HOSTS"
+      end
+    end,
+    doc = "standalone: one Redis at REDIS_URL or REDIS_HOST. sentinel: the master of "
+      .. "REDIS_MASTER_SET as REDIS_SENTINEL_HOSTS say (REDIS_URL and REDIS_HOST are ignored; "
+      .. "REDIS_PASSWORD and REDIS_DB apply to the master). See docs/KV.md." },
+  { env = "REDIS_SENTINEL_HOSTS", key = "redis_sentinel_hosts", kind = "list", default = {},
+    check = function(list)
+      for _, h in ipairs(list) do
+        local host, port = h:match("^%[?([^%[%]]-)%]?:(%d+)$")
+        port = tonumber(port)
+        if not host or host == "" or not port or port < 1 or port > 65535 then
+          return "expected host:port,host:port,... got '" .. h .. "'"
+        end
+      end
+      if #list > 16 then return "at most 16 sentinels" end
+    end,
+    doc = "With REDIS_MODE=sentinel: the sentinels, host:port,host:port,... asked in this order "
+      .. "for the master's address." },
+  { env = "REDIS_MASTER_SET", key = "redis_master_set", kind = "string", default = "mymaster",
+    doc = "With REDIS_MODE=sentinel: the name the sentinels monitor the master under." },
+  { env = "REDIS_SENTINEL_PASSWORD", key = "redis_sentinel_password", kind = "string",
+    default = "", secret = true,
+    doc = "With REDIS_MODE=sentinel: the sentinels' password (AUTH), if they have one. The "
+      .. "master's is REDIS_PASSWORD." },
   { env = "REDIS_URL", key = "redis_url", kind = "string", default = "", mask = mask_url,
     check = function(u)
       if u ~= "" and not u:match("^redis://") then
@@ -309,7 +335,7 @@ function M.resolve(getenv)
   end
   if s.log_level == "warning" then s.log_level = "warn" end
   for _, spec in ipairs(M.specs) do
-    local err = spec.check and s[spec.key] ~= nil and spec.check(s[spec.key])
+    local err = spec.check and s[spec.key] ~= nil and spec.check(s[spec.key], s)
     if err then errs[#errs + 1] = string.format("%s: %s", spec.env, err) end
   end
   if #errs > 0 then return nil, errs end

@@ -39,6 +39,11 @@ int fm_kv_misuse(struct fm_kv_error *e, const char *fmt, ...) {
 /* ---- REDIS_URL ----------------------------------------------------------------------------- */
 
 void fm_kv_config_display(struct fm_kv_config *cfg) {
+  if (strcmp(cfg->mode, "sentinel") == 0) {
+    snprintf(cfg->display, sizeof cfg->display, "redis-sentinel://%s%.300s/%s/%d",
+             cfg->password[0] ? ":****@" : "", cfg->sentinels, cfg->master_set, cfg->db);
+    return;
+  }
   snprintf(cfg->display, sizeof cfg->display, "redis://%s%s%s:%d/%d",
            cfg->password[0] ? (cfg->username[0] ? cfg->username : "") : "",
            cfg->password[0] ? ":****@" : "", cfg->host, cfg->port, cfg->db);
@@ -244,11 +249,10 @@ int fm_kv_open(const struct fm_kv_config *cfg, struct fm_kv_store **out, struct 
   if (!kv) return fm_err_set(err, FM_E_NOMEM, "out of memory");
   kv->cfg = *cfg;
   if (cfg->backend == FM_KV_REDIS) {
-    if (strcmp(cfg->mode, "sentinel") == 0) {
+    if (strcmp(cfg->mode, "sentinel") == 0 && !cfg->sentinels[0]) {
       free(kv);
       return fm_err_set(err, FM_E_INVAL,
-                        "REDIS_MODE=sentinel is not built yet: use REDIS_MODE=standalone with "
-                        "REDIS_URL or REDIS_HOST");
+                        "REDIS_MODE=sentinel needs REDIS_SENTINEL_HOSTS (host:port,host:port,...)");
     }
     kv->drv = &fm_kv_redis_driver;
   } else {

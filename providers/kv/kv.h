@@ -43,9 +43,12 @@ int fm_kv_misuse(struct fm_kv_error *e, const char *fmt, ...) __attribute__((for
 struct fm_kv_config {
   enum fm_kv_backend backend;
   size_t memory_max_bytes; /* memory: KV_MEMORY_MAX_MB */
-  /* redis (standalone). A later session adds sentinel: `mode` and a master lookup before
-   * connect; the pool already reconnects through one function (redis.c: slot_connect). */
+  /* redis: standalone (host, port) or sentinel (the master of master_set, asked of the
+   * sentinels before each connect; redis.c: slot_connect). */
   char mode[16]; /* "standalone" | "sentinel" */
+  char sentinels[1024];                  /* sentinel: "host:port,host:port,..." */
+  char master_set[128];                  /* sentinel: REDIS_MASTER_SET */
+  char sentinel_password[FM_KV_STR_MAX]; /* sentinel: AUTH for the sentinels, optional */
   char host[256];
   int port;
   char username[128];
@@ -59,7 +62,7 @@ struct fm_kv_config {
 /* Parses redis://[[user]:password@]host[:port][/db] into cfg (host, port, username, password,
  * db, display). 0, or FM_E_INVAL with a message that never holds the password. */
 int fm_kv_redis_url_parse(const char *url, struct fm_kv_config *cfg, struct fm_err *err);
-/* Fills cfg->display from host, port, db. */
+/* Fills cfg->display from host, port, db (sentinel: the sentinels, the master set and db). */
 void fm_kv_config_display(struct fm_kv_config *cfg);
 
 /* ---- values (script results) --------------------------------------------------------------- */

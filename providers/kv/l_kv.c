@@ -14,7 +14,9 @@
  *                                 as their text; nil)    (Redis only: memory raises)
  *   stats()                    -> {backend, entries, bytes, max_bytes, evictions, expired} |
  *                                 {backend, size, open, in_use, reconnects, failures}
- *   configure{backend = "memory"|"redis", url, password, memory_max_mb, pool_size, timeout_ms}
+ *   configure{backend = "memory"|"redis", url, password, memory_max_mb, pool_size, timeout_ms,
+ *             mode = "sentinel", sentinels = "h:p,h:p" (or a list), master_set,
+ *             sentinel_password}
  *   close()                    (both `faultmaven exec` only: replace or close this process's
  *                               store; the next call opens it again from the settings)
  *
@@ -70,7 +72,38 @@ static void config_from_table(lua_State *L, int t, struct fm_kv_config *cfg) {
   cfg->memory_max_bytes = (size_t)int_field(L, t, "kv_memory_max_mb", 64) << 20;
   cfg->pool_size = (int)int_field(L, t, "redis_pool_size", 4);
   cfg->timeout_ms = (int)int_field(L, t, "redis_timeout_ms", 2000);
-  if (url[0]) {
+  if (strcmp(cfg->mode, "sentinel") == 0) {
+    /* the master comes from the sentinels; REDIS_PASSWORD and REDIS_DB apply to it */
+    cfg->backend = FM_KV_REDIS;
+    lua_getfield(L, t, "redis_sentinel_hosts");
+    if (lua_istable(L, -1)) { /* fm.settings: a list */
+      size_t o = 0;
+      lua_Integer n = luaL_len(L, -1);
+      for (lua_Integer i = 1; i <= n; i++) {
+        lua_geti(L, -1, i);
+        size_t hn;
+        const char *hs = luaL_checklstring(L, -1, &hn);
+        if (o + hn + 2 > sizeof cfg->sentinels) luaL_error(L, "redis_sentinel_hosts: too long");
+        if (o) cfg->sentinels[o++] = ',';
+        memcpy(cfg->sentinels + o, hs, hn);
+        o += hn;
+        cfg->sentinels[o] = '\0';
+        lua_pop(L, 1);
+      }
+      lua_pop(L, 1);
+    } else {
+      lua_pop(L, 1);
+      str_field(L, t, "redis_sentinel_hosts", cfg->sentinels, sizeof cfg->sentinels);
+    }
+    str_field(L, t, "redis_master_set", cfg->master_set, sizeof cfg->master_set);
+    if (!cfg->master_set[0]) snprintf(cfg->master_set, sizeof cfg->master_set, "mymaster");
+    str_field(L, t, "redis_sentinel_password", cfg->sentinel_password,
+              sizeof cfg->sentinel_password);
+    str_field(L, t, "redis_password", cfg->password, sizeof cfg->password);
+    cfg->db = (int)int_field(L, t, "redis_db", 0);
+    cfg->port = 0;
+    cfg->host[0] = '\0';
+  } else if (url[0]) {
     struct fm_err err = {0};
     if (fm_kv_redis_url_parse(url, cfg, &err)) luaL_error(L, "REDIS_URL: %s", err.msg);
     cfg->backend = FM_KV_REDIS;
@@ -83,7 +116,7 @@ static void config_from_table(lua_State *L, int t, struct fm_kv_config *cfg) {
     cfg->db = (int)int_field(L, t, "redis_db", 0);
     str_field(L, t, "redis_password", cfg->password, sizeof cfg->password);
   } else {
-    cfg->backend = strcmp(cfg->mode, "sentinel") == 0 ? FM_KV_REDIS : FM_KV_MEMORY;
+    cfg->backend = FM_KV_MEMORY;
   }
   if (cfg->backend == FM_KV_REDIS) fm_kv_config_display(cfg);
 }
@@ -397,14 +430,15 @@ static int l_configure(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   struct fm_kv_config *cfg = lua_newuserdatauv(L, sizeof *cfg, 0);
   /* the same keys as fm.settings, in short: url, host, port, password, db, pool_size,
-   * timeout_ms, memory_max_mb, mode */
-  lua_createtable(L, 0, 10);
+   * timeout_ms, memory_max_mb, mode, sentinels, master_set, sentinel_password */
+  lua_createtable(L, 0, 12);
   int t = lua_gettop(L);
   static const char *const map[][2] = {
       {"url", "redis_url"},         {"host", "redis_host"},         {"port", "redis_port"},
       {"password", "redis_password"}, {"db", "redis_db"},         {"pool_size", "redis_pool_size"},
       {"timeout_ms", "redis_timeout_ms"}, {"memory_max_mb", "kv_memory_max_mb"},
-      {"mode", "redis_mode"}};
+      {"mode", "redis_mode"},           {"sentinels", "redis_sentinel_hosts"},
+      {"master_set", "redis_master_set"}, {"sentinel_password", "redis_sentinel_password"}};
   for (size_t i = 0; i < sizeof map / sizeof map[0]; i++) {
     lua_getfield(L, 1, map[i][0]);
     lua_setfield(L, t, map[i][1]);

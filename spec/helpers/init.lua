@@ -20,6 +20,7 @@
 --   helpers.http                            raw HTTP/1.1 keep-alive client (spec/helpers/http.lua)
 --   helpers.postgres.start(opts)            a real PostgreSQL server in a temp dir (below)
 --   helpers.redis.start(opts)               a real redis-server in a temp dir (below)
+--   helpers.redis.sentinel_setup(opts)      a master, a replica and three redis-sentinels
 --   helpers.db_backends()                   the database backends a spec runs on (below)
 --   helpers.each_db(fn)                     fn(url, name, backend) for each backend
 --   helpers.cleanup()                       close fm.db's pool, stop every child still running,
@@ -53,14 +54,16 @@
 -- temp dir, no persistence (--save '', no AOF). It returns {port, host, url =
 -- "redis://[:pw@]127.0.0.1:PORT/0", dir, log(), stop(), restart() (a new server on the same port,
 -- empty), alive(), cli(args...) -> ok, output (redis-cli with the password)}; it raises with the
--- log when the server does not come up. helpers.cleanup() stops it.
+-- log when the server does not come up. helpers.cleanup() stops it. opts.args: more redis-server
+-- arguments. helpers.redis.sentinel_setup(opts): a master, a replica and three sentinels (below,
+-- by its definition).
 --
 -- Later issues add servers the same way as helpers.postgres: a table with `start(opts)` that
 -- picks a free port and a temp dir with helpers.free_port()/helpers.tmpdir(), launches the server
 -- with helpers.spawn (logs to a file in the temp dir), waits with helpers.wait_until until it
 -- answers, and returns an object with `port`, `url`/`dsn`, `log()` and `stop()`;
--- helpers.cleanup() already stops whatever helpers.spawn started. Planned: helpers.redis.start(),
--- helpers.sentinel.start() (redis-sentinel against a started redis), helpers.s3.start() (s3rver).
+-- helpers.cleanup() already stops whatever helpers.spawn started. Planned: helpers.s3.start()
+-- (s3rver).
 
 local socket = require "socket"
 local http = require "spec.helpers.http"
@@ -654,7 +657,10 @@ function Redis:_launch()
   if self.password then
     argv[#argv + 1] = "--requirepass"
     argv[#argv + 1] = self.password
+    argv[#argv + 1] = "--masterauth" -- as a replica (Sentinel), the same password upstream
+    argv[#argv + 1] = self.password
   end
+  for _, a in ipairs(self.args or {}) do argv[#argv + 1] = a end
   self.proc = helpers.spawn({ argv = argv, stdout = self.log_path, stderr = self.log_path,
     cwd = self.dir })
   self.pid = self.proc.pid
@@ -681,11 +687,194 @@ function helpers.redis.start(opts)
   opts = opts or {}
   local dir = helpers.tmpdir("fm-redis-")
   local r = setmetatable({ dir = dir, log_path = dir .. "/redis.log", host = "127.0.0.1",
-    port = helpers.free_port(), password = opts.password }, Redis)
+    port = helpers.free_port(), password = opts.password, args = opts.args }, Redis)
   r:_launch()
   r.url = ("redis://%s127.0.0.1:%d/0"):format(opts.password and (":" .. opts.password .. "@")
     or "", r.port)
   return r
+end
+
+-- Redis Sentinel: helpers.redis.sentinel_setup{password, sentinel_password, master_set,
+-- sentinels = 3, replicas = 1, down_after_ms = 1000, failover_timeout_ms = 5000} starts a master
+-- and `replicas` replicas (replicaof) with helpers.redis.start, and `sentinels` redis-sentinel
+-- processes on free loopback ports (config files in a temp dir, quorum 2), and waits until every
+-- sentinel knows the master, the replicas and the other sentinels (so a failover can be
+-- authorised). Returns
+--   {master, replica, replicas (Redis objects as helpers.redis.start's),
+--    servers = {master, replicas...}, sentinels = {{port, proc, dir, log()}...},
+--    hosts = "127.0.0.1:P1,127.0.0.1:P2,...", master_set,
+--    sentinel_cli(i, args...) -> ok, output,
+--    master_addr() -> host, port (as the first sentinel that answers says),
+--    kill_master() (SIGKILL; returns the killed server),
+--    wait_new_master(timeout_s) -> the Redis object the sentinels promoted after kill_master,
+--    wait_settled(timeout_s) -> the master once sentinels, master and replicas all agree,
+--    stop()}.
+-- helpers.cleanup() stops everything.
+local Sentinels = {}
+Sentinels.__index = Sentinels
+
+function Sentinels:sentinel_cli(i, ...)
+  local sen = self.sentinels[i]
+  local argv = { "redis-cli", "--no-auth-warning", "-h", "127.0.0.1", "-p", tostring(sen.port) }
+  if self.sentinel_password then
+    argv[#argv + 1] = "-a"
+    argv[#argv + 1] = self.sentinel_password
+  end
+  for _, a in ipairs({ ... }) do argv[#argv + 1] = tostring(a) end
+  local ok, _, out = helpers.shell(argv_line(argv) .. " 2>&1")
+  return ok, out
+end
+
+-- SENTINEL master <set> of sentinel i as a table (redis-cli prints names and values by line).
+function Sentinels:_master_info(i)
+  local ok, out = self:sentinel_cli(i, "SENTINEL", "master", self.master_set)
+  if not ok then return nil end
+  local t, key = {}, nil
+  for line in out:gmatch("[^\n]+") do
+    if key then t[key] = line key = nil else key = line end
+  end
+  return t
+end
+
+function Sentinels:master_addr()
+  for i = 1, #self.sentinels do
+    local ok, out = self:sentinel_cli(i, "SENTINEL", "get-master-addr-by-name", self.master_set)
+    local host, port = (ok and out or ""):match("^(%S+)\n(%d+)")
+    if host then return host, tonumber(port) end
+  end
+  return nil
+end
+
+function Sentinels:server_on(port)
+  for _, r in ipairs(self.servers) do if r.port == port then return r end end
+  return nil
+end
+
+function Sentinels:kill_master()
+  local _, port = self:master_addr()
+  local m = assert(self:server_on(port), "no master known to the sentinels")
+  m:stop(true)
+  self.killed = m
+  return m
+end
+
+function Sentinels:wait_new_master(timeout_s)
+  return helpers.wait_until(function()
+    local _, port = self:master_addr()
+    if not port or (self.killed and port == self.killed.port) then return nil end
+    local r = self:server_on(port)
+    local ok, out = r:cli("ROLE")
+    return ok and out:match("^master") and r
+  end, timeout_s or 15, 0.05)
+end
+
+-- Waits until the sentinels agree on one master that says it is one, and every other live
+-- server is its replica with the link up and is known to every sentinel as a healthy replica (a
+-- further failover can then promote it). Returns the master's Redis object.
+function Sentinels:wait_settled(timeout_s)
+  return helpers.wait_until(function()
+    local port
+    for i = 1, #self.sentinels do
+      local t = self:_master_info(i)
+      if not t or t.flags ~= "master" or (port and tonumber(t.port) ~= port) then return nil end
+      port = tonumber(t.port)
+      local ok, out = self:sentinel_cli(i, "SENTINEL", "replicas", self.master_set)
+      local good = 0
+      for flags in (ok and out or ""):gmatch("\nflags\n([^\n]+)") do
+        if flags == "slave" then good = good + 1 end
+      end
+      local live = 0
+      for _, r in ipairs(self.servers) do if r:alive() then live = live + 1 end end
+      if good < live - 1 then return nil end
+    end
+    local m = self:server_on(port)
+    if not (m and m:alive() and (select(2, m:cli("ROLE")) or ""):match("^master")) then
+      return nil
+    end
+    for _, r in ipairs(self.servers) do
+      if r ~= m and r:alive() then
+        local ok, out = r:cli("INFO", "replication")
+        if not (ok and out:match("role:slave") and out:match("master_link_status:up")
+          and out:match("master_port:" .. port .. "%s")) then
+          return nil
+        end
+      end
+    end
+    return m
+  end, timeout_s or 15, 0.1)
+end
+
+function Sentinels:stop()
+  for _, sen in ipairs(self.sentinels) do sen.proc:stop("TERM", 5) end
+  for _, r in ipairs(self.servers) do r:stop(true) end
+end
+
+function helpers.redis.sentinel_setup(opts)
+  opts = opts or {}
+  local set = opts.master_set or "mymaster"
+  local master = helpers.redis.start { password = opts.password }
+  local st = setmetatable({ master = master, servers = { master }, replicas = {},
+    sentinels = {}, master_set = set, sentinel_password = opts.sentinel_password }, Sentinels)
+  for i = 1, opts.replicas or 1 do
+    st.replicas[i] = helpers.redis.start { password = opts.password,
+      args = { "--replicaof", "127.0.0.1", tostring(master.port) } }
+    st.servers[i + 1] = st.replicas[i]
+  end
+  st.replica = st.replicas[1]
+  local hosts = {}
+  for i = 1, opts.sentinels or 3 do
+    local dir = helpers.tmpdir("fm-sentinel-")
+    local port = helpers.free_port()
+    local conf = {
+      "port " .. port, "bind 127.0.0.1", "daemonize no", "dir " .. dir, 'logfile ""',
+      "sentinel resolve-hostnames no",
+      ("sentinel monitor %s 127.0.0.1 %d 2"):format(set, master.port),
+      ("sentinel down-after-milliseconds %s %d"):format(set, opts.down_after_ms or 1000),
+      ("sentinel failover-timeout %s %d"):format(set, opts.failover_timeout_ms or 5000),
+      ("sentinel parallel-syncs %s 1"):format(set),
+    }
+    local function q(v) return '"' .. v:gsub('[\\"]', "\\%0") .. '"' end
+    if opts.password then
+      conf[#conf + 1] = ("sentinel auth-pass %s %s"):format(set, q(opts.password))
+    end
+    if opts.sentinel_password then
+      conf[#conf + 1] = "requirepass " .. q(opts.sentinel_password)
+      conf[#conf + 1] = "sentinel sentinel-pass " .. q(opts.sentinel_password)
+    end
+    local path = helpers.write_file(dir .. "/sentinel.conf", table.concat(conf, "\n") .. "\n")
+    local log_path = dir .. "/sentinel.log"
+    local proc = helpers.spawn({ argv = { "redis-sentinel", path }, stdout = log_path,
+      stderr = log_path, cwd = dir })
+    st.sentinels[i] = { port = port, proc = proc, dir = dir, log_path = log_path,
+      log = function() return helpers.read_file(log_path) or "" end }
+    hosts[i] = "127.0.0.1:" .. port
+  end
+  st.hosts = table.concat(hosts, ",")
+  local n = #st.sentinels
+  local ready, err = pcall(helpers.wait_until, function()
+    for _, replica in ipairs(st.replicas) do
+      local ok, out = replica:cli("INFO", "replication")
+      if not (ok and out:match("master_link_status:up")) then return nil end
+    end
+    for i = 1, n do
+      if not st.sentinels[i].proc:alive() then error("redis-sentinel " .. i .. " exited", 0) end
+      local t = st:_master_info(i)
+      if not t or t.flags ~= "master" or tonumber(t.port) ~= master.port
+        or tonumber(t["num-slaves"] or 0) < #st.replicas
+        or tonumber(t["num-other-sentinels"] or 0) < n - 1 then
+        return nil
+      end
+    end
+    return true
+  end, 20, 0.1)
+  if not ready then
+    local logs = {}
+    for i, sen in ipairs(st.sentinels) do
+      logs[i] = "--- sentinel " .. i .. " ---\n" .. sen.log()
+    end
+    error(("sentinels did not agree: %s\n%s"):format(tostring(err), table.concat(logs, "\n")), 2)
+  end
+  return st
 end
 
 -- PostgreSQL servers for the spec file, started on first use (helpers.cleanup stops them): one

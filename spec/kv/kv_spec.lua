@@ -283,7 +283,7 @@ describe("the engine with fm.kv", function()
     assert.equal("exit", (engine:stop()))
   end)
 
-  it("refuses REDIS_MODE=sentinel with a clear message", function()
+  it("refuses REDIS_MODE=sentinel without REDIS_SENTINEL_HOSTS with a clear message", function()
     local dir = helpers.tmpdir("fm-kv-sentinel-")
     local p = helpers.spawn({ argv = { helpers.bin(), "serve" }, env = { REDIS_MODE = "sentinel",
       REDIS_HOST = "127.0.0.1", FM_DATA_DIR = dir, FM_PORT = "0", FM_HOME = helpers.root },
@@ -291,7 +291,7 @@ describe("the engine with fm.kv", function()
     local how, code = p:wait(30)
     assert.equal("exit", how)
     assert.is_not.equal(0, code)
-    assert.matches("REDIS_MODE=sentinel is not built yet", helpers.read_file(dir .. "/err"), 1,
+    assert.matches("sentinel needs REDIS_SENTINEL_HOSTS", helpers.read_file(dir .. "/err"), 1,
       true)
   end)
 end)
