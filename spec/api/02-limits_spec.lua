@@ -276,8 +276,10 @@ describe("request limits", function()
     end
 
     local function no_tmp_files_left()
-      helpers.wait_until(function() return #tmp_files() == 0 end, 5)
-      assert.same({}, tmp_files())
+      local ok = pcall(helpers.wait_until, function() return #tmp_files() == 0 end, 10)
+      -- on failure, say which files stayed (and what the engine logged about them)
+      assert(ok, "temp files left in " .. engine.data_dir .. "/tmp: "
+        .. table.concat(tmp_files(), ", ") .. "\n" .. engine:log_tail(15))
     end
 
     it("keeps an empty part apart from a same-named part after it", function()
