@@ -739,13 +739,7 @@ static int join_until(pthread_t t, double deadline) {
   double left = deadline - fm_time_mono();
   if (left < 0) left = 0;
   struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  ts.tv_sec += (time_t)left;
-  ts.tv_nsec += (long)((left - (double)(time_t)left) * 1e9);
-  if (ts.tv_nsec >= 1000000000L) {
-    ts.tv_sec++;
-    ts.tv_nsec -= 1000000000L;
-  }
+  fm_deadline_ts(CLOCK_REALTIME, left, &ts);
   return pthread_timedjoin_np(t, NULL, &ts);
 }
 

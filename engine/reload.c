@@ -548,8 +548,7 @@ int fm_reload_run(const char *reason, struct fm_reload_outcome *out) {
   /* A build is bounded by its instruction budget; the deadline is a second line of defence
    * (time spent inside one C call is not counted), so a caller is never stuck for good. */
   struct timespec deadline;
-  clock_gettime(CLOCK_REALTIME, &deadline);
-  deadline.tv_sec += RUN_WAIT_S;
+  fm_deadline_ts(CLOCK_REALTIME, RUN_WAIT_S, &deadline);
   int timed_out = 0;
   while (g_done_seq < mine && !g_stop && !timed_out)
     timed_out = pthread_cond_timedwait(&g_done_cv, &g_mu, &deadline) == ETIMEDOUT;

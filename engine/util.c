@@ -177,3 +177,21 @@ int fm_send_all(int fd, const void *p, size_t n) {
   }
   return 0;
 }
+
+void fm_deadline_ts(clockid_t clock, double secs, struct timespec *ts) {
+  clock_gettime(clock, ts);
+  if (secs < 0) secs = 0;
+  double whole = (double)(long long)secs;
+  ts->tv_sec += (time_t)whole;
+  ts->tv_nsec += (long)((secs - whole) * 1e9);
+  if (ts->tv_nsec >= 1000000000L) {
+    ts->tv_sec++;
+    ts->tv_nsec -= 1000000000L;
+  }
+}
+
+double fm_jitter(double d) {
+  uint32_t r = 0;
+  if (fm_random_bytes(&r, sizeof r)) r = (uint32_t)(fm_time_mono() * 1e6);
+  return d / 2 + (d / 2) * ((double)r / 4294967295.0);
+}

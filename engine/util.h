@@ -6,6 +6,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 /* Wall-clock seconds since the epoch, with sub-second precision. */
 double fm_time_now(void);
@@ -15,6 +16,10 @@ double fm_time_mono(void);
 void fm_time_iso8601(double t, char *out, size_t outsz);
 /* Sleeps for secs (restarting on EINTR). */
 void fm_sleep(double secs);
+/* Now on `clock` plus secs, as a timespec (for pthread_cond_timedwait and friends). */
+void fm_deadline_ts(clockid_t clock, double secs, struct timespec *ts);
+/* "Equal jitter" for retry backoff: a random delay in [d/2, d]. */
+double fm_jitter(double d);
 
 /* Fills p with n bytes from the kernel CSPRNG. Returns 0 or FM_E_IO. */
 int fm_random_bytes(void *p, size_t n);

@@ -43,12 +43,6 @@ struct fm_db_pool {
 
 static struct fm_db_pool *g_pool;
 
-static double jitter(double d) {
-  uint32_t r = 0;
-  if (fm_random_bytes(&r, sizeof r)) r = (uint32_t)(fm_time_mono() * 1e6);
-  return d / 2 + (d / 2) * ((double)r / 4294967295.0); /* "equal jitter": [d/2, d] */
-}
-
 static void log_attempt(int level, const struct fm_db_pool_config *cfg, const char *backend,
                         int attempt, const char *error, double retry_in) {
   struct fm_buf f = {0};
@@ -110,7 +104,7 @@ int fm_db_pool_open(const struct fm_db_pool_config *cfg, struct fm_db_pool **out
       return FM_E_CONNECT;
     }
     double exp = BACKOFF_BASE_S * (double)(1u << (attempt < 8 ? attempt - 1 : 7));
-    double delay = jitter(exp < BACKOFF_CAP_S ? exp : BACKOFF_CAP_S);
+    double delay = fm_jitter(exp < BACKOFF_CAP_S ? exp : BACKOFF_CAP_S);
     if (delay > left) delay = left;
     log_attempt(FM_LOG_WARN, cfg, backend, attempt, e.msg, delay);
     fm_sleep(delay);
@@ -179,7 +173,7 @@ static int open_slot(struct fm_db_pool *p, struct fm_db_slot *s, struct fm_db_er
     /* under load every call that needs a connection gets here: one warning per failed call */
     if (attempt == 1) {
       log_attempt(FM_LOG_DEBUG, &p->cfg, p->drv->name, attempt, e->msg, 0.1);
-      fm_sleep(jitter(0.2));
+      fm_sleep(fm_jitter(0.2));
     } else {
       log_attempt(FM_LOG_WARN, &p->cfg, p->drv->name, attempt, e->msg, -1);
     }
@@ -189,23 +183,13 @@ static int open_slot(struct fm_db_pool *p, struct fm_db_slot *s, struct fm_db_er
   return fm_db_fail(e, "08001", "database unavailable: %s", m);
 }
 
-static void deadline_ts(double timeout_s, struct timespec *ts) {
-  clock_gettime(CLOCK_MONOTONIC, ts);
-  double whole = (double)(long long)timeout_s;
-  ts->tv_sec += (time_t)whole;
-  ts->tv_nsec += (long)((timeout_s - whole) * 1e9);
-  if (ts->tv_nsec >= 1000000000L) {
-    ts->tv_sec++;
-    ts->tv_nsec -= 1000000000L;
-  }
-}
 
 int fm_db_pool_acquire(struct fm_db_pool *p, double timeout_s, struct fm_db_slot **out,
                        struct fm_db_error *e) {
   *out = NULL;
   if (timeout_s < 0) timeout_s = p->cfg.acquire_timeout_s;
   struct timespec ts;
-  deadline_ts(timeout_s, &ts);
+  fm_deadline_ts(CLOCK_MONOTONIC, timeout_s, &ts);
   pthread_mutex_lock(&p->mu);
   p->waiting++;
   while (p->nidle == 0) {

@@ -70,12 +70,6 @@ struct fm_kv_handle {
   long long master_changes;
 };
 
-static double jitter(double d) {
-  uint32_t r = 0;
-  if (fm_random_bytes(&r, sizeof r)) r = (uint32_t)(fm_time_mono() * 1e6);
-  return d / 2 + (d / 2) * ((double)r / 4294967295.0);
-}
-
 static struct timeval tv_of_ms(int ms) {
   struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
   return tv;
@@ -350,16 +344,6 @@ static int parse_sentinels(struct fm_kv_handle *h, struct fm_err *err) {
   return 0;
 }
 
-static void deadline_ts(double timeout_s, struct timespec *ts) {
-  clock_gettime(CLOCK_MONOTONIC, ts);
-  double whole = (double)(long long)timeout_s;
-  ts->tv_sec += (time_t)whole;
-  ts->tv_nsec += (long)((timeout_s - whole) * 1e9);
-  if (ts->tv_nsec >= 1000000000L) {
-    ts->tv_sec++;
-    ts->tv_nsec -= 1000000000L;
-  }
-}
 
 static void push_idle(struct fm_kv_handle *h, int i) {
   if (h->slots[i].c) {
@@ -391,7 +375,7 @@ static int acquire(struct fm_kv_handle *h, struct slot **out, struct fm_kv_error
   *out = NULL;
   double timeout_s = h->cfg.timeout_ms / 1000.0;
   struct timespec ts;
-  deadline_ts(timeout_s, &ts);
+  fm_deadline_ts(CLOCK_MONOTONIC, timeout_s, &ts);
   pthread_mutex_lock(&h->mu);
   while (h->nidle == 0) {
     if (pthread_cond_timedwait(&h->cv, &h->mu, &ts) == ETIMEDOUT && h->nidle == 0) {
@@ -437,7 +421,7 @@ static int acquire(struct fm_kv_handle *h, struct slot **out, struct fm_kv_error
       h->fails++;
       double exp = BACKOFF_BASE_S * (double)(1u << (h->fails < 8 ? h->fails - 1 : 7));
       double cap = h->sentinel ? BACKOFF_CAP_SENTINEL_S : BACKOFF_CAP_S;
-      double delay = jitter(exp < cap ? exp : cap);
+      double delay = fm_jitter(exp < cap ? exp : cap);
       h->retry_at = fm_time_mono() + delay;
       int first = h->fails == 1;
       memcpy(h->last_err, e->msg, sizeof h->last_err);

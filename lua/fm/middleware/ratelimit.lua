@@ -91,19 +91,12 @@ local function client_addr(req)
   return hops[1] and hops[1]:sub(1, 64) or addr
 end
 
--- The user of a valid bearer access token, or nil (no database: signature and claims only).
-local auth, jwt
+-- The user of a valid bearer access token, or nil (no database: signature and claims only; the
+-- verified claims stay on req for auth.authenticate).
+local auth
 local function user_of(req)
-  local h = req.headers.authorization
-  local token = h and h:match("^[Bb][Ee][Aa][Rr][Ee][Rr]%s+(%S+)%s*$")
-  if not token then return nil end
-  if not auth then
-    auth, jwt = require "fm.services.auth", require "fm.auth.jwt"
-  end
-  local ok, key = pcall(auth.key)
-  if not ok then return nil end
-  local vok, claims = pcall(jwt.verify, token, key,
-    { iss = auth.ISSUER, aud = auth.AUDIENCE, typ = "access" })
+  auth = auth or require "fm.services.auth"
+  local vok, claims = pcall(auth.bearer_claims, req)
   local sub = vok and type(claims) == "table" and claims.sub
   if type(sub) ~= "string" and type(sub) ~= "number" then return nil end
   return tostring(sub):sub(1, 128)

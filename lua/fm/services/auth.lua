@@ -272,14 +272,31 @@ function M.logout(sid)
   return revoke_family(sid)
 end
 
---- The caller of a request: verifies the bearer token and that its session is live. Raises 401.
-function M.authenticate(req)
+--- The verified claims of the request's bearer access token, or nil and why ("no bearer token"
+-- or jwt.verify's reason). Verified once per request and kept on req: the rate limiter and
+-- authenticate both ask.
+function M.bearer_claims(req)
+  local cached = req._bearer
+  if cached then return cached.claims, cached.why end
   local h = req.headers.authorization
   local scheme, token
   if h then scheme, token = h:match("^(%a+)%s+(%S+)%s*$") end
-  if not scheme or scheme:lower() ~= "bearer" then token = nil end
-  if not token then errors.raise(401, "not authenticated", { ["WWW-Authenticate"] = "Bearer" }) end
-  local claims = jwt.verify(token, M.key(), { iss = M.ISSUER, aud = M.AUDIENCE, typ = "access" })
+  local claims, why
+  if not scheme or scheme:lower() ~= "bearer" then
+    why = "no bearer token"
+  else
+    claims, why = jwt.verify(token, M.key(), { iss = M.ISSUER, aud = M.AUDIENCE, typ = "access" })
+  end
+  req._bearer = { claims = claims, why = why }
+  return claims, why
+end
+
+--- The caller of a request: verifies the bearer token and that its session is live. Raises 401.
+function M.authenticate(req)
+  local claims, why = M.bearer_claims(req)
+  if why == "no bearer token" then
+    errors.raise(401, "not authenticated", { ["WWW-Authenticate"] = "Bearer" })
+  end
   if not claims or type(claims.sid) ~= "string" then
     errors.raise(401, "invalid or expired token", { ["WWW-Authenticate"] = "Bearer" })
   end
