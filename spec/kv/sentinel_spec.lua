@@ -108,11 +108,13 @@ end)
 describe("the engine on Redis Sentinel", function()
   lazy_teardown(helpers.cleanup)
 
-  it("keeps serving a KV-backed route through a failover, with passwords", function()
+  it("keeps a KV-backed route and its sessions through a failover, with passwords", function()
     local st = helpers.redis.sentinel_setup { password = "data pw", sentinel_password = "sen pw" }
     local engine = helpers.engine.start { env = { REDIS_MODE = "sentinel",
       REDIS_SENTINEL_HOSTS = st.hosts, REDIS_PASSWORD = "data pw",
       REDIS_SENTINEL_PASSWORD = "sen pw", REDIS_TIMEOUT_MS = "500", FM_WORKERS = "2",
+      RATE_LIMIT_ENABLED = "true", RATE_LIMIT_REQUESTS_PER_MINUTE = "60000",
+      RATE_LIMIT_BURST_SIZE = "1000",
       FM_EXTRA_ROUTES = "fm_test.routes,fm_test.kv_routes" } }
     local h = assert(engine:get("/health")).json()
     assert.equal("healthy", h.components.kv.status)
@@ -122,11 +124,22 @@ describe("the engine on Redis Sentinel", function()
       assert.same({ value = i, backend = "redis" },
         assert(engine:get("/test/kv/incr?key=hits")).json())
     end
+    -- a client session made before the failover
+    local login = assert(engine:request("POST", "/api/v1/auth/dev-login",
+      { json = { username = "failover" } }))
+    assert.equal(200, login.status, login.body)
+    local token = login.json().access_token
+    local auth = { Authorization = "Bearer " .. token }
+    local made = assert(engine:request("POST", "/api/v1/sessions",
+      { headers = auth, json = { client_id = "before-failover" } }))
+    assert.equal(201, made.status, made.body)
+    local sid = made.json().session_id
     assert(st.master:cli("WAIT", "1", "2000"))
     st:kill_master()
-    local codes = {}
+    local codes, unlimited = {}, 0
     local took = until_ok(function()
       local res = engine:get("/test/kv/incr?key=hits")
+      if res and not res.headers["x-ratelimit-limit"] then unlimited = unlimited + 1 end
       if res and res.status == 200 then return res.json() end
       local code = res and res.json and (res.json() or {}).code or tostring(res and res.status)
       codes[#codes + 1] = code
@@ -135,11 +148,29 @@ describe("the engine on Redis Sentinel", function()
     print(("\n  engine: the route failed for %.2f s (%d requests, codes %s)")
       :format(took, #codes, table.concat(codes, ",", 1, math.min(#codes, 5))))
     for _, c in ipairs(codes) do assert.equal("KV_UNAVAILABLE", c) end
+    -- every answer during the failover was still rate limited (in-process while Redis failed)
+    assert.equal(0, unlimited)
     -- the value written before the failover was replicated: the count goes on
     assert.equal(5, assert(engine:get("/test/kv/incr?key=hits")).json().value)
+    -- the session made before the failover is still valid, and resumes by client_id
+    local got = assert(engine:request("GET", "/api/v1/sessions/" .. sid, { headers = auth }))
+    assert.equal(200, got.status, got.body)
+    assert.equal(sid, got.json().session_id)
+    local hb = assert(engine:request("POST", "/api/v1/sessions/" .. sid .. "/heartbeat",
+      { headers = auth }))
+    assert.equal(200, hb.status, hb.body)
+    local again = assert(engine:request("POST", "/api/v1/sessions",
+      { headers = auth, json = { client_id = "before-failover" } }))
+    assert.equal(sid, again.json().session_id, again.body)
+    assert.is_true(again.json().session_resumed)
     local new = st:wait_new_master(5)
     local _, out = new:cli("GET", "hits")
     assert.matches("5", out, 1, true)
+    -- and the limiter is back on Redis: its buckets live on the new master
+    local res = assert(engine:get("/test/kv/incr?key=hits"))
+    assert.is_truthy(res.headers["x-ratelimit-remaining"])
+    _, out = new:cli("--scan", "--pattern", "fm:rl:*")
+    assert.matches("fm:rl:", out, 1, true)
     h = assert(engine:get("/health")).json()
     assert.equal("healthy", h.components.kv.status)
     local how, code = engine:stop()
