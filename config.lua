@@ -182,6 +182,71 @@ M.specs = {
     default = 2000,
     doc = "Redis connect and command timeout; also how long a call waits for a free pooled "
       .. "connection. Past it the call fails with KV_TIMEOUT or KV_UNAVAILABLE." },
+  -- files: uploads and evidence (docs/STORAGE.md)
+  { env = "STORAGE_BACKEND", key = "storage_backend", kind = "enum", lower = true,
+    values = { "local", "s3" }, default = "",
+    doc = "Alias of STORAGE_PROVIDER (the name older FaultMaven deployments use)." },
+  { env = "STORAGE_PROVIDER", key = "storage_provider", kind = "enum", lower = true,
+    values = { "local", "s3" },
+    default = function(s) return s.storage_backend ~= "" and s.storage_backend or "local" end,
+    default_doc = "STORAGE_BACKEND, else local",
+    check = function(v, s)
+      if v ~= "s3" then return nil end
+      local missing = {}
+      if s.s3_bucket_name == "" then missing[#missing + 1] = "S3_BUCKET_NAME" end
+      if s.aws_access_key_id == "" then missing[#missing + 1] = "AWS_ACCESS_KEY_ID" end
+      if s.aws_secret_access_key == "" then missing[#missing + 1] = "AWS_SECRET_ACCESS_KEY" end
+      if #missing > 0 then return "s3 needs " .. table.concat(missing, ", ") end
+    end,
+    doc = "Where uploaded files go: local (FM_UPLOADS_DIR) or s3 (an S3 or S3-compatible "
+      .. "bucket: S3_BUCKET_NAME, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY). See "
+      .. "docs/STORAGE.md." },
+  { env = "FM_UPLOADS_DIR", key = "uploads_dir", kind = "string",
+    default = function(s) return s.data_dir .. "/uploads" end,
+    default_doc = "`<FM_DATA_DIR>/uploads`",
+    doc = "STORAGE_PROVIDER=local: the directory objects are stored in (written to a temp file, "
+      .. "fsync'd, renamed, directory fsync'd)." },
+  { env = "S3_BUCKET_NAME", key = "s3_bucket_name", kind = "string", default = "",
+    check = function(v)
+      if v ~= "" and not v:match("^[a-z0-9][a-z0-9.-]*[a-z0-9]$") then
+        return "expected a bucket name: [a-z0-9.-], 3 to 63 characters"
+      end
+    end,
+    doc = "STORAGE_PROVIDER=s3: the bucket." },
+  { env = "AWS_REGION", key = "aws_region", kind = "string", default = "us-east-1",
+    doc = "STORAGE_PROVIDER=s3: the bucket's region (signatures name it)." },
+  { env = "AWS_ACCESS_KEY_ID", key = "aws_access_key_id", kind = "string", default = "",
+    doc = "STORAGE_PROVIDER=s3: the access key id." },
+  { env = "AWS_SECRET_ACCESS_KEY", key = "aws_secret_access_key", kind = "string", default = "",
+    secret = true, doc = "STORAGE_PROVIDER=s3: the secret access key." },
+  { env = "AWS_SESSION_TOKEN", key = "aws_session_token", kind = "string", default = "",
+    secret = true,
+    doc = "STORAGE_PROVIDER=s3: a session token, with temporary credentials (STS)." },
+  { env = "S3_ENDPOINT_URL", key = "s3_endpoint_url", kind = "string", default = "",
+    check = function(v)
+      if v ~= "" and not v:match("^https?://[^/?#]+/?$") then
+        return "expected http(s)://host[:port]"
+      end
+    end,
+    doc = "STORAGE_PROVIDER=s3: an S3-compatible server (MinIO, Ceph, R2), http(s)://host[:port]. "
+      .. "Empty: AWS (https://s3.<AWS_REGION>.amazonaws.com)." },
+  { env = "S3_FORCE_PATH_STYLE", key = "s3_force_path_style", kind = "bool",
+    default = function(s) return s.s3_endpoint_url ~= "" end,
+    default_doc = "true when S3_ENDPOINT_URL is set, else false",
+    doc = "Address objects as <endpoint>/<bucket>/<key> (MinIO, Ceph) instead of "
+      .. "<bucket>.<endpoint>/<key>." },
+  { env = "S3_MULTIPART_THRESHOLD_MB", key = "s3_multipart_threshold_mb", kind = "int", min = 5,
+    max = 5120, default = 16,
+    doc = "Files this large or larger are uploaded in parts (multipart upload); smaller ones in "
+      .. "one PUT." },
+  { env = "S3_PART_SIZE_MB", key = "s3_part_size_mb", kind = "int", min = 5, max = 5120,
+    default = 8,
+    doc = "Size of each part of a multipart upload (one part is in memory at a time)." },
+  { env = "S3_TIMEOUT_S", key = "s3_timeout_s", kind = "number", min = 1, max = 3600, default = 60,
+    doc = "Longest an S3 request may take (a streamed download: longest it may stall)." },
+  { env = "S3_MAX_RETRIES", key = "s3_max_retries", kind = "int", min = 0, max = 20, default = 3,
+    doc = "Retries of an S3 request after a 5xx, throttling or a network error (exponential "
+      .. "backoff with jitter); each attempt goes through the `s3` circuit breaker." },
   { env = "RUN_STARTUP_MIGRATIONS", key = "run_startup_migrations", kind = "bool",
     default = function(s) return s.deployment_mode == "local" end,
     default_doc = "true in local mode, false otherwise",

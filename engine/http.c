@@ -68,8 +68,22 @@ static int push_kv(struct fm_kv **v, size_t *n, const char *k, const char *val, 
   return 0;
 }
 
+void fm_resp_stream_close(struct fm_resp_stream *s) {
+  if (!s) return;
+  if (s->fd >= 0) close(s->fd);
+  else if (s->close) s->close(s->ud);
+  s->fd = -1;
+  s->read = NULL;
+  s->close = NULL;
+  s->ud = NULL;
+}
+
 static void free_request(struct fm_request *req) {
   if (!req) return;
+  if (req->has_stream) { /* never handed to libmicrohttpd (an error replaced it, say) */
+    fm_resp_stream_close(&req->resp_stream);
+    req->has_stream = 0;
+  }
   if (req->pp) MHD_destroy_post_processor(req->pp);
   for (size_t i = 0; i < req->nparts; i++) {
     struct fm_part *p = &req->parts[i];
@@ -120,16 +134,72 @@ static void add_cors(const struct fm_request *req, struct MHD_Response *r) {
   MHD_add_response_header(r, "Vary", "Origin");
 }
 
+void fm_http_park(void *conn) { MHD_suspend_connection(conn); }
+void fm_http_unpark(void *conn) { MHD_resume_connection(conn); }
+
+/* What libmicrohttpd's reader gets: the stream (a copy it owns) and its connection. */
+struct stream_ctx {
+  struct fm_resp_stream s; /* first: stream_free closes it */
+  void *conn;
+};
+
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
+  struct stream_ctx *c = cls;
+  long n = c->s.read ? c->s.read(c->s.ud, pos, buf, max, c->conn) : -1;
+  if (n > 0) return (ssize_t)n;
+  if (n == FM_RESP_PARKED) return 0; /* suspended: called again once unparked */
+  return n == 0 ? MHD_CONTENT_READER_END_OF_STREAM : MHD_CONTENT_READER_END_WITH_ERROR;
+}
+
+static void stream_free(void *cls) {
+  struct stream_ctx *c = cls;
+  fm_resp_stream_close(&c->s);
+  free(c);
+}
+
+/* A response over the request's stream, which belongs to libmicrohttpd from here on (closed
+ * when the response is destroyed: after sending, or when the client or the daemon goes away). */
+static struct MHD_Response *stream_response(struct fm_request *req) {
+  struct fm_resp_stream s = req->resp_stream;
+  req->has_stream = 0;
+  memset(&req->resp_stream, 0, sizeof req->resp_stream);
+  req->resp_stream.fd = -1;
+  req->resp_body.len = s.size == FM_RESP_SIZE_UNKNOWN ? 0 : (size_t)s.size; /* access log */
+  struct MHD_Response *r = NULL;
+  if (s.fd >= 0) {
+    r = MHD_create_response_from_fd64(s.size, s.fd);
+    if (!r) fm_resp_stream_close(&s);
+    return r;
+  }
+  struct stream_ctx *copy = malloc(sizeof *copy);
+  if (!copy) {
+    fm_resp_stream_close(&s);
+    return NULL;
+  }
+  copy->s = s;
+  copy->conn = req->conn;
+  r = MHD_create_response_from_callback(s.size == FM_RESP_SIZE_UNKNOWN ? MHD_SIZE_UNKNOWN : s.size,
+                                        64 * 1024, stream_read, copy, stream_free);
+  if (!r) stream_free(copy);
+  return r;
+}
+
 static struct MHD_Response *build_response(struct fm_request *req) {
   size_t len = 0;
-  char *body = fm_buf_steal(&req->resp_body, &len);
   struct MHD_Response *r;
-  if (body && len) {
-    r = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
-    if (!r) free(body);
+  if (req->has_stream) {
+    fm_buf_free(&req->resp_body);
+    r = stream_response(req);
+    len = req->resp_body.len;
   } else {
-    free(body);
-    r = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+    char *body = fm_buf_steal(&req->resp_body, &len);
+    if (body && len) {
+      r = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+      if (!r) free(body);
+    } else {
+      free(body);
+      r = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+    }
   }
   if (!r) return NULL;
   for (size_t i = 0; i < req->nresp_headers; i++) {
@@ -146,6 +216,10 @@ static struct MHD_Response *build_response(struct fm_request *req) {
 /* Builds {"detail": msg, "request_id": id} with status on the request itself. */
 static void set_error(struct fm_request *req, int status, const char *detail) {
   req->status = status;
+  if (req->has_stream) {
+    fm_resp_stream_close(&req->resp_stream);
+    req->has_stream = 0;
+  }
   int with_limit = status == 413;
   fm_buf_free(&req->resp_body);
   free_kvs(req->resp_headers, req->nresp_headers);

@@ -8,6 +8,7 @@
 #include "routes.h"
 
 #include <stddef.h>
+#include <stdint.h>
 
 struct fm_kv {
   char *key;
@@ -25,6 +26,36 @@ struct fm_part {
   int fd;
   size_t size;
 };
+
+/* A response body that libmicrohttpd streams instead of a copied buffer: a file (fd >= 0, sent
+ * from offset 0, size bytes) or a reader callback (fd < 0). Once set on a request, http.c owns it
+ * and closes it on every path (sent, client gone, error, shutdown) with fm_resp_stream_close. */
+struct fm_resp_stream {
+  int fd;
+  uint64_t size; /* bytes; FM_RESP_SIZE_UNKNOWN: sent chunked */
+  /* fd < 0: copies up to max bytes at pos into buf; returns the count, 0 at the end, -1 on
+   * error, or FM_RESP_PARKED when it has no bytes yet: it then called fm_http_park(conn) and
+   * calls fm_http_unpark(conn) once bytes (or the end, or an error) are there, so the I/O thread
+   * never waits for the source. Runs on an I/O thread. */
+  long (*read)(void *ud, uint64_t pos, char *buf, size_t max, void *conn);
+  void (*close)(void *ud); /* fd < 0: frees ud; may be NULL */
+  void *ud;
+};
+#define FM_RESP_SIZE_UNKNOWN UINT64_MAX
+/* Metatable name of a Lua userdata whose first member is a struct fm_resp_stream: a route that
+ * returns one as its body has it streamed (worker.c takes it over; fd -1 and read NULL after). */
+#define FM_RESP_STREAM_MT "fm.response.stream"
+
+#define FM_RESP_PARKED (-2)
+
+/* Closes a stream (its fd, or its close callback) and marks it empty. Idempotent. */
+void fm_resp_stream_close(struct fm_resp_stream *s);
+/* For a stream's read callback: parks its connection (libmicrohttpd suspends it) until
+ * fm_http_unpark. Call it from inside read, under the lock the producer takes to unpark, and
+ * return FM_RESP_PARKED. A parked connection is never closed under the stream. */
+void fm_http_park(void *conn);
+/* Resumes a parked connection (any thread, exactly once per park). */
+void fm_http_unpark(void *conn);
 
 struct fm_request {
   struct fm_request *next; /* worker queue link */
@@ -50,6 +81,8 @@ struct fm_request {
   struct fm_kv *resp_headers;
   size_t nresp_headers;
   struct fm_buf resp_body;
+  struct fm_resp_stream resp_stream; /* used instead of resp_body when has_stream */
+  int has_stream;
   char resp_route[160];
   /* private to http.c */
   int state;

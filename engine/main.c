@@ -3,6 +3,7 @@
 #include "cors.h"
 #include "db.h"
 #include "kv.h"
+#include "storage.h"
 #include "http.h"
 #include "httpc.h"
 #include "log.h"
@@ -269,6 +270,15 @@ static int open_kv(struct fm_err *err) {
   return rc;
 }
 
+/* The process's file store (fm.storage): the uploads directory, or S3 (STORAGE_PROVIDER). */
+static int open_storage(struct fm_err *err) {
+  struct fm_vm *vm = boot_vm(FM_VM_SERVE, err);
+  if (!vm) return FM_E_LUA;
+  int rc = fm_storage_open_from_settings(vm, err);
+  fm_vm_free(vm);
+  return rc;
+}
+
 /* Calls require(module)[fn](arg) in a fresh VM (mode SERVE inside serve, EXEC for commands) and
  * returns its integer result in *out (0 when it returns none). */
 static int l_call_step(lua_State *L) {
@@ -388,6 +398,12 @@ static int cmd_serve(void) {
     fprintf(stderr, "faultmaven: %s\n", err.msg);
     goto fail;
   }
+  if (open_storage(&err)) {
+    char *tb = strstr(err.msg, "\nstack traceback:");
+    if (tb) *tb = '\0';
+    fprintf(stderr, "faultmaven: %s\n", err.msg);
+    goto fail;
+  }
   snprintf(fm_state.host, sizeof fm_state.host, "%s", s.host);
   snprintf(fm_state.data_dir, sizeof fm_state.data_dir, "%s", s.data_dir);
   fm_state.workers = s.workers;
@@ -481,6 +497,7 @@ static int cmd_serve(void) {
   fm_workers_stop();
   fm_db_global_close(); /* after the workers: they borrow its connections */
   fm_kv_global_close();
+  fm_storage_global_close(); /* after the workers and the daemon: streams borrow it */
   fm_kv_scripts_reset();
   fm_reload_free(); /* workers read the generation and the start settings until they stop */
   fm_httpc_global_cleanup();
@@ -495,6 +512,7 @@ fail:
   fm_reload_free();
   fm_db_global_close();
   fm_kv_global_close();
+  fm_storage_global_close();
   fm_kv_scripts_reset();
   return rc;
 }
@@ -545,6 +563,7 @@ static int cmd_exec(int argc, char **argv) {
   fm_vm_free(vm);
   fm_db_global_close(); /* fm.db opens it on first use in exec */
   fm_kv_global_close(); /* so does fm.kv */
+  fm_storage_global_close(); /* and fm.storage */
   fm_kv_scripts_reset();
   fm_httpc_global_cleanup();
   fm_metrics_reset();

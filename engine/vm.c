@@ -23,8 +23,10 @@ int luaopen_fm_source(lua_State *L);
 int luaopen_fm_sandbox_core(lua_State *L);
 int luaopen_fm_db(lua_State *L);
 int luaopen_fm_kv(lua_State *L);
+int luaopen_fm_storage(lua_State *L);
 int luaopen_fm_breaker_core(lua_State *L);
 int luaopen_fm_ratelimit_core(lua_State *L);
+int luaopen_fm_analyze(lua_State *L);
 
 static const luaL_Reg preloads[] = {
     {"fm.log", luaopen_fm_log},       {"fm.metrics", luaopen_fm_metrics},
@@ -33,8 +35,10 @@ static const luaL_Reg preloads[] = {
     {"fm.engine", luaopen_fm_engine}, {"fm.source", luaopen_fm_source},
     {"fm.sandbox_core", luaopen_fm_sandbox_core}, {"fm.db", luaopen_fm_db},
     {"fm.kv", luaopen_fm_kv},
+    {"fm.storage", luaopen_fm_storage},
     {"fm.breaker_core", luaopen_fm_breaker_core},
     {"fm.ratelimit_core", luaopen_fm_ratelimit_core},
+    {"fm.analyze", luaopen_fm_analyze},
     {NULL, NULL},
 };
 

@@ -144,9 +144,21 @@ static int l_run_request(lua_State *L) {
       lua_pop(L, 1);
     }
   }
-  size_t blen = 0;
-  const char *body = lua_tolstring(L, 3, &blen);
-  if (body && fm_buf_add(&req->resp_body, body, blen)) return luaL_error(L, "out of memory");
+  struct fm_resp_stream *stream = luaL_testudata(L, 3, FM_RESP_STREAM_MT);
+  if (stream) { /* a streamed body (fm.storage.response): http.c owns it from here on */
+    if (stream->fd < 0 && !stream->read)
+      return luaL_error(L, "a response stream was returned twice, or after it was closed");
+    req->resp_stream = *stream;
+    req->has_stream = 1;
+    stream->fd = -1;
+    stream->read = NULL;
+    stream->close = NULL;
+    stream->ud = NULL;
+  } else if (lua_type(L, 3) == LUA_TSTRING) {
+    size_t blen = 0;
+    const char *body = lua_tolstring(L, 3, &blen);
+    if (fm_buf_add(&req->resp_body, body, blen)) return luaL_error(L, "out of memory");
+  }
   const char *route = lua_tostring(L, 4);
   snprintf(req->resp_route, sizeof req->resp_route, "%s", route ? route : "unmatched");
   return 0;

@@ -55,6 +55,11 @@ for i = #chain_order, 1, -1 do
   chain = function(req) return mw(req, nxt) end
 end
 
+-- A streamed body: a userdata of fm.storage.response (its metatable is locked to this name).
+local function is_stream(v)
+  return type(v) == "userdata" and getmetatable(v) == "fm.response.stream"
+end
+
 local function has_header(h, lname)
   for k in pairs(h) do if k:lower() == lname then return true end end
   return false
@@ -66,6 +71,10 @@ function M.handle(req)
   local route, params = router:match(req.method, req.path)
   req.route, req.params = route, params
   local status, body, headers = chain(req)
+  -- streams opened during the request but not returned (an error came after storage.response)
+  -- are closed now rather than at the next garbage collection
+  local storage = package.loaded["fm.storage"]
+  if storage then storage.release_streams(is_stream(body) and body or nil) end
   headers = headers or {}
   local out = ""
   if type(body) == "table" then
@@ -75,6 +84,11 @@ function M.handle(req)
     out = body
     if not has_header(headers, "content-type") then
       headers["Content-Type"] = "text/plain; charset=utf-8"
+    end
+  elseif is_stream(body) then
+    out = body -- fm.storage.response: the engine streams it
+    for k, v in pairs(body:headers()) do -- Content-Type, Content-Disposition unless set here
+      if not has_header(headers, k:lower()) then headers[k] = v end
     end
   elseif body ~= nil then
     error(string.format("handler for %s %s returned a %s body", req.method, req.path, type(body)))

@@ -62,8 +62,15 @@
 -- picks a free port and a temp dir with helpers.free_port()/helpers.tmpdir(), launches the server
 -- with helpers.spawn (logs to a file in the temp dir), waits with helpers.wait_until until it
 -- answers, and returns an object with `port`, `url`/`dsn`, `log()` and `stop()`;
--- helpers.cleanup() already stops whatever helpers.spawn started. Planned: helpers.s3.start()
--- (s3rver).
+-- helpers.cleanup() already stops whatever helpers.spawn started.
+--
+-- S3: helpers.s3.start{bucket = "fm-test"} starts s3rver (a local S3-compatible server from npm;
+-- `scripts/install-deps.sh test` installs it into $HOME/.cache/faultmaven/node_modules, FM_S3RVER
+-- may name another executable) on a free loopback port with its data in a temp dir and one
+-- bucket. It returns {port, host, endpoint = "http://127.0.0.1:PORT", bucket, access_key,
+-- secret_key (s3rver's S3RVER/S3RVER), dir, log(), stop(kill), restart() (a new server on the
+-- same port and data), alive(), env() (the STORAGE_PROVIDER=s3 settings for an engine)}; it
+-- raises with the log when the server does not come up (or is not installed).
 
 local socket = require "socket"
 local http = require "spec.helpers.http"
@@ -926,6 +933,82 @@ function helpers.each_db(fn)
 end
 
 -- ------------------------------------------------------------------------------------------------
+-- S3 (s3rver)
+
+helpers.s3 = {}
+
+local function s3rver_bin()
+  local env = os.getenv("FM_S3RVER")
+  if env and env ~= "" then return env end
+  local home = os.getenv("HOME") or ""
+  local cached = home .. "/.cache/faultmaven/node_modules/.bin/s3rver"
+  if helpers.file_exists(cached) then return cached end
+  local _, _, out = helpers.shell("command -v s3rver 2>/dev/null")
+  local found = out and out:match("^(%S+)")
+  if found then return found end
+  error("s3rver not found: run scripts/install-deps.sh test (npm install into "
+    .. "$HOME/.cache/faultmaven) or set FM_S3RVER", 3)
+end
+
+local S3 = {}
+S3.__index = S3
+
+function S3:log() return helpers.read_file(self.log_path) or "" end
+function S3:alive() return self.proc ~= nil and self.proc:alive() end
+
+function S3:stop(kill)
+  if not self:alive() then return end
+  if kill then
+    self.proc:kill()
+    return
+  end
+  return self.proc:stop("TERM", 10)
+end
+
+function S3:env()
+  return { STORAGE_PROVIDER = "s3", S3_BUCKET_NAME = self.bucket, S3_ENDPOINT_URL = self.endpoint,
+    S3_FORCE_PATH_STYLE = "true", AWS_REGION = "us-east-1", AWS_ACCESS_KEY_ID = self.access_key,
+    AWS_SECRET_ACCESS_KEY = self.secret_key }
+end
+
+function S3:_launch()
+  self.proc = helpers.spawn({ argv = { self.bin, "-d", self.data, "-a", "127.0.0.1", "-p",
+    tostring(self.port), "--configure-bucket", self.bucket }, stdout = self.log_path,
+    stderr = self.log_path, cwd = self.dir,
+    -- s3rver 3.7 makes list continuation tokens with a cipher OpenSSL 3 (Node >= 17) hides
+    env = { NODE_OPTIONS = "--openssl-legacy-provider" } })
+  self.pid = self.proc.pid
+  local ready, err = pcall(helpers.wait_until, function()
+    if not self.proc:alive() then error("s3rver exited", 0) end
+    local c = socket.connect("127.0.0.1", self.port)
+    if c then c:close() end
+    return c ~= nil and self:log():find("listening", 1, true) ~= nil
+  end, 30, 0.05)
+  if not ready then
+    self.proc:kill()
+    error(("s3rver did not start: %s\n--- %s ---\n%s"):format(tostring(err), self.log_path,
+      self:log()), 3)
+  end
+end
+
+function S3:restart()
+  self:stop()
+  self:_launch()
+  return self
+end
+
+function helpers.s3.start(opts)
+  opts = opts or {}
+  local dir = helpers.tmpdir("fm-s3-")
+  local s = setmetatable({ bin = s3rver_bin(), dir = dir, data = helpers.mkdir(dir .. "/data"),
+    log_path = dir .. "/s3rver.log", host = "127.0.0.1", port = helpers.free_port(),
+    bucket = opts.bucket or "fm-test", access_key = "S3RVER", secret_key = "S3RVER" }, S3)
+  s.endpoint = ("http://127.0.0.1:%d"):format(s.port)
+  s:_launch()
+  return s
+end
+
+-- ------------------------------------------------------------------------------------------------
 -- Small assertions helpers
 
 -- The comma-separated tokens of a header value, lower-cased, as a set:
@@ -952,6 +1035,8 @@ function helpers.cleanup()
   if fmdb and fmdb.close then pcall(fmdb.close) end
   local fmkv = package.loaded["fm.kv"]
   if fmkv and fmkv.close then pcall(fmkv.close) end
+  local fmstorage = package.loaded["fm.storage"]
+  if fmstorage and fmstorage.close then pcall(fmstorage.close) end
   for i = #procs, 1, -1 do
     local p = procs[i]
     if not p.how then p:stop(p.stop_signal or "TERM", 5) end

@@ -95,4 +95,16 @@ M.register("data_dir", function()
   return "healthy", { path = dir }
 end)
 
+-- File storage (fm.storage): a HEAD on the bucket (s3) or a write check in the uploads directory
+-- (local: a temp file written, fsync'd and removed). Unhealthy with the error and its code
+-- (STORAGE_DENIED, STORAGE_UNAVAILABLE, ...) when that fails.
+M.register("storage", function()
+  local storage = require "fm.storage"
+  local ok, backend = pcall(storage.backend)
+  if not ok then return "unhealthy", { error = tostring(backend) } end
+  local r, err, code = storage.ping()
+  if not r then return "unhealthy", { backend = backend, error = err, code = code } end
+  return "healthy", { backend = backend, latency_ms = r.latency_ms }
+end)
+
 return M
