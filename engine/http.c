@@ -420,6 +420,32 @@ static const char *method_label(const char *m) {
 
 /* Called by libmicrohttpd with the request-target as sent, before it splits off the query: the
  * request record starts here so the URL limit covers the query string too. */
+static int hexval(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+/* Percent-decoding of the path and the query (MHD's own, except that "%00" stays as it is): a
+ * decoded NUL would cut the C string, and "/files/%00" would be routed as "/files/". */
+static size_t unescape(void *cls, struct MHD_Connection *conn, char *s) {
+  (void)cls;
+  (void)conn;
+  char *w = s;
+  for (const char *r = s; *r;) {
+    int hi, lo;
+    if (r[0] == '%' && (hi = hexval(r[1])) >= 0 && (lo = hexval(r[2])) >= 0 && (hi | lo) != 0) {
+      *w++ = (char)(hi * 16 + lo);
+      r += 3;
+    } else {
+      *w++ = *r++;
+    }
+  }
+  *w = '\0';
+  return (size_t)(w - s);
+}
+
 static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn) {
   struct fm_request *req = calloc(1, sizeof *req);
   if (!req) return NULL;
@@ -679,6 +705,7 @@ int fm_http_start(const struct fm_http_config *cfg, fm_http_dispatch_fn dispatch
   size_t pool = cfg->max_header + 4096;
   g_daemon = MHD_start_daemon(
       flags, (uint16_t)cfg->port, NULL, NULL, on_request, NULL, MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL, MHD_OPTION_URI_LOG_CALLBACK, on_uri, NULL,
+      MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL,
       MHD_OPTION_SOCK_ADDR, &ss,
       MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->io_threads, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
       pool, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->idle_timeout_s,

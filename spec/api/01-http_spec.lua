@@ -102,6 +102,13 @@ describe("HTTP protocol", function()
       assert.truthy(res.headers["x-request-id"])
     end)
 
+    it("does not cut a path at an encoded NUL (%00 is not decoded)", function()
+      assert.equal(404, assert(engine:get("/api/v1/meta/capabilities%00/anything")).status)
+      assert.equal(404, assert(engine:get("/health%00")).status)
+      -- other escapes still decode
+      assert.equal(200, assert(engine:get("/%68ealth")).status)
+    end)
+
     it("answers 404 for a path that only extends a known one", function()
       local res = assert(engine:get("/health/live/extra"))
       assert.equal(404, res.status)
