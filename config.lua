@@ -72,6 +72,21 @@ M.specs = {
   { env = "MAX_UPLOAD_SIZE_MB", key = "max_upload_size_mb", reload = true, kind = "int", min = 1,
     max = 1 << 20,
     default = 10, doc = "Largest uploaded file (evidence, knowledge documents)." },
+  { env = "UPLOAD_ALLOWED_EXTENSIONS", key = "upload_allowed_extensions", reload = true,
+    kind = "string",
+    default = ".txt,.log,.json,.jsonl,.ndjson,.csv,.tsv,.md,.yaml,.yml,.conf,.cfg,.ini,.toml,"
+      .. ".xml,.properties,.env,.out,.err,.trace,.prom,.gz",
+    doc = "File extensions accepted on turns (comma-separated; a name without an extension is "
+      .. "always accepted). Others are 415." },
+  { env = "FM_UPLOAD_SWEEP_GRACE_S", key = "upload_sweep_grace_s", reload = true, kind = "int",
+    min = 1, max = 30 * 86400, default = 3600,
+    doc = "The upload sweeper removes stored objects that no uploaded file names once they are "
+      .. "this old (an upload in flight has its object before its row: keep it well above the "
+      .. "longest upload)." },
+  { env = "FM_HOUSEKEEPING_INTERVAL_S", key = "housekeeping_interval_s", kind = "int", min = 0,
+    max = 86400, default = 600,
+    doc = "Seconds between housekeeping runs (upload sweeper, expired idempotency keys and "
+      .. "refresh tokens); 0 turns it off." },
   { env = "FM_MAX_URL_BYTES", key = "max_url_bytes", kind = "int", min = 256, max = 1 << 20,
     default = 8192, doc = "Longest request URL (414 above)." },
   { env = "FM_MAX_HEADER_BYTES", key = "max_header_bytes", kind = "int", min = 1024,

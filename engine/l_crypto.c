@@ -3,6 +3,7 @@
  *
  *   random_hex(n), random_bytes(n)
  *   hmac_sha256(key, msg) -> 32 raw bytes        sha256(data) -> 32 raw bytes
+ *   sha256_file(path) -> 32 raw bytes, size | nil, message   streamed, never read whole
  *   equal(a, b) -> boolean                       constant time for equal lengths
  *   hex(bytes) -> lower-case hex text
  *   b64url_encode(bytes) -> text (no padding)     b64url_decode(text) -> bytes | nil
@@ -63,6 +64,48 @@ static int l_crypto_sha256(lua_State *L) {
   crypto_hash_sha256(out, (const unsigned char *)s, n);
   lua_pushlstring(L, (const char *)out, sizeof out);
   return 1;
+}
+
+/* SHA-256 of a file read in 1 MiB blocks (uploads can be large): digest and byte count. */
+static int l_crypto_sha256_file(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "cannot open %s: %s", path, strerror(errno));
+    return 2;
+  }
+  enum { BLOCK = 1 << 20 };
+  unsigned char *buf = malloc(BLOCK);
+  if (!buf) {
+    close(fd);
+    return luaL_error(L, "out of memory");
+  }
+  crypto_hash_sha256_state st;
+  crypto_hash_sha256_init(&st);
+  lua_Integer total = 0;
+  for (;;) {
+    ssize_t n = read(fd, buf, BLOCK);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int e = errno;
+      free(buf);
+      close(fd);
+      lua_pushnil(L);
+      lua_pushfstring(L, "cannot read %s: %s", path, strerror(e));
+      return 2;
+    }
+    if (n == 0) break;
+    crypto_hash_sha256_update(&st, buf, (unsigned long long)n);
+    total += n;
+  }
+  free(buf);
+  close(fd);
+  unsigned char out[crypto_hash_sha256_BYTES];
+  crypto_hash_sha256_final(&st, out);
+  lua_pushlstring(L, (const char *)out, sizeof out);
+  lua_pushinteger(L, total);
+  return 2;
 }
 
 static int l_crypto_hex(lua_State *L) {
@@ -228,6 +271,7 @@ static const luaL_Reg funcs[] = {{"secret_file", l_crypto_secret_file},{"random_
                                  {"random_bytes", l_crypto_random_bytes},
                                  {"hmac_sha256", l_crypto_hmac_sha256},
                                  {"sha256", l_crypto_sha256},
+                                 {"sha256_file", l_crypto_sha256_file},
                                  {"hex", l_crypto_hex},
                                  {"equal", l_crypto_equal},
                                  {"b64url_encode", l_crypto_b64url_encode},

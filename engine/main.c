@@ -5,6 +5,7 @@
 #include "kv.h"
 #include "storage.h"
 #include "http.h"
+#include "housekeeping.h"
 #include "httpc.h"
 #include "log.h"
 #include "metrics.h"
@@ -79,6 +80,7 @@ struct settings {
   int workers;
   int io_threads;
   double grace_s;
+  double housekeeping_s;
   int log_level;
   size_t lua_memory;
   uint64_t budget;
@@ -204,6 +206,7 @@ static int load_settings(struct fm_vm *vm, struct settings *s, struct fm_err *er
   s->workers = (int)get_int(L, "workers");
   s->io_threads = (int)get_int(L, "http_io_threads");
   s->grace_s = get_num(L, "shutdown_grace_s");
+  s->housekeeping_s = get_num(L, "housekeeping_interval_s");
   char lv[32];
   get_str(L, "log_level", lv, sizeof lv);
   s->log_level = fm_log_parse_level(lv);
@@ -467,6 +470,7 @@ static int cmd_serve(void) {
   if (fm_reload_start(&err)) fm_log_fields(FM_LOG_ERROR, err.msg, NULL); /* serving goes on */
   /* the admin socket (a problem is logged, serving goes on) is up before readiness says so */
   fm_admin_start(&wc.vm);
+  fm_housekeeping_start(&wc.vm, s.housekeeping_s);
   fm_http_set_ready(1);
   {
     char f[512];
@@ -492,6 +496,7 @@ static int cmd_serve(void) {
     _exit(0);
   }
   fm_admin_stop(); /* ends admin sessions first: admin.reload() waits on the reload thread */
+  fm_housekeeping_stop(); /* its VM holds a generation and borrows database connections */
   fm_reload_stop(); /* before the workers: a build must not start while they are torn down */
   fm_http_stop();
   fm_workers_stop();

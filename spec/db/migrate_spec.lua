@@ -23,6 +23,9 @@ end)
 
 lazy_teardown(helpers.cleanup)
 
+-- how many migrations the repository has (the specs below start from an empty database)
+local N = #(helpers.listdir(helpers.root .. "/migrations"))
+
 for _, backend in ipairs(helpers.db_backends()) do
   describe("migrations on " .. backend.name, function()
     it("status, up, and up again with nothing to do", function()
@@ -31,7 +34,7 @@ for _, backend in ipairs(helpers.db_backends()) do
       local code, out = run("status", env)
       assert.equal(0, code, out)
       assert.matches("0001 initial%s+pending", out)
-      assert.matches("2 pending", out)
+      assert.matches(N .. " pending", out)
       code, out = run("up", env)
       assert.equal(0, code, out)
       assert.matches("applied 0001 initial", out)
@@ -87,7 +90,7 @@ for _, backend in ipairs(helpers.db_backends()) do
       local how, code = p:wait(20)
       assert.equal("exit", how)
       assert.equal(1, code)
-      assert.matches("2 database migration%(s%) pending: run `faultmaven migrate up`",
+      assert.matches(N .. " database migration%(s%) pending: run `faultmaven migrate up`",
         helpers.read_file(log))
     end)
 

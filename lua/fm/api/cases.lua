@@ -1,18 +1,8 @@
 -- /api/v1/cases: the cases API (API.md Tier 1). Every route needs a bearer token (and checks an
 -- X-Session-Id if one is sent) and sees only the caller's cases.
-local auth = require "fm.services.auth"
 local cases = require "fm.services.cases"
 local errors = require "fm.errors"
-local sessions = require "fm.services.sessions"
-
--- A bearer token, and, when the client sends X-Session-Id, a live session of that user: an
--- expired one is the contract's SESSION_EXPIRED 401, so the client re-creates it and retries.
-local function protect(handler)
-  return auth.protect(function(req)
-    sessions.check_header(req)
-    return handler(req)
-  end)
-end
+local protect = require("fm.services.sessions").protect
 local KB = 1024
 
 local function gone(req)

@@ -1,8 +1,7 @@
 -- /v1/meta/capabilities (and /api/v1/meta/capabilities): what this backend offers, so the
 -- extension and dashboard can adapt. Features not built yet are reported false, honestly.
 local settings = require "fm.settings"
-
-local ALLOWED = { ".txt", ".log", ".json", ".csv", ".md", ".yaml", ".yml", ".conf", ".ini", ".xml" }
+local uploads = require "fm.services.uploads"
 
 local function capabilities()
   return 200, {
@@ -18,7 +17,7 @@ local function capabilities()
     },
     limits = {
       maxFileBytes = settings.max_upload_size_mb * 1024 * 1024,
-      allowedExtensions = ALLOWED,
+      allowedExtensions = setmetatable(uploads.allowed_extensions(), require("fm.json").array_mt),
     },
   }
 end

@@ -5,6 +5,7 @@
 local crypto = require "fm.crypto"
 local db = require "fm.db"
 local errors = require "fm.errors"
+local idempotency = require "fm.services.idempotency"
 local json = require "fm.json"
 local time = require "fm.time"
 
@@ -199,7 +200,8 @@ function M.messages(user, id, q)
   local limit, offset = M.paging(q, 50, 100)
   local total = count("SELECT COUNT(*) AS n FROM case_messages WHERE case_id = ?", id)
   local rows = check(db.query("SELECT * FROM case_messages WHERE case_id = ? "
-    .. "ORDER BY created_at, id LIMIT ? OFFSET ?", id, limit, offset))
+    .. "ORDER BY created_at, turn_number, CASE role WHEN 'user' THEN 0 ELSE 1 END, id "
+    .. "LIMIT ? OFFSET ?", id, limit, offset))
   local out = arr()
   for i, r in ipairs(rows) do out[i] = M.message(r) end
   local more = offset + #out < total
@@ -252,8 +254,7 @@ local function insert_case(user, fields)
   return check(db.query("SELECT * FROM cases WHERE id = ?", id))[1]
 end
 
-M.IDEMPOTENCY_KEY = "^[A-Za-z0-9_%-]+$"
-local IDEM_TTL_S = 24 * 3600
+M.IDEMPOTENCY_KEY = idempotency.PATTERN
 
 local hex = crypto.hex
 
@@ -272,51 +273,12 @@ function M.create(user, body, idem, raw)
     source = "api", -- not the client's to choose (the contract's request has no source)
   }
   if not idem then return 201, M.summary(insert_case(user, fields)) end
-  if #idem < 8 or #idem > 255 or not idem:match(M.IDEMPOTENCY_KEY) then
-    invalid({ "header", "Idempotency-Key" }, "must match ^[A-Za-z0-9_-]{8,255}$")
-  end
-  local route, hash = "POST /api/v1/cases", hex(crypto.sha256(raw or ""))
-  for _ = 1, 3 do -- a concurrent first use of the same key: retry and find its row
-    local status, out, headers
-    local ok, err = pcall(db.transaction, function()
-      local t = time.iso8601()
-      -- this user's expired keys go (this one too, if it expired): nothing else sweeps them
-      check(db.exec("DELETE FROM idempotency_keys WHERE user_id = ? AND expires_at < ?",
-        user.id, t))
-      local prev = check(db.query("SELECT * FROM idempotency_keys WHERE user_id = ? AND "
-        .. "idem_key = ?", user.id, idem))[1]
-      if prev then
-        if prev.request_hash ~= hash or prev.route ~= route then
-          status, out = 409, { detail = "Idempotency-Key reused with a different request" }
-          headers = { ["x-error-code"] = "IDEMPOTENCY_KEY_REUSE" }
-        elseif prev.state ~= "done" then
-          status, out = 409, { detail = "a request with this Idempotency-Key is in progress" }
-          headers = { ["x-error-code"] = "TURN_IN_PROGRESS", ["Retry-After"] = "1" }
-        else
-          status, out = int(prev.status_code), prev.response_body
-          headers = { ["X-Idempotency-Replayed"] = "true", ["Content-Type"] = "application/json" }
-        end
-        return
-      end
-      local res, msg, code = db.exec("INSERT INTO idempotency_keys (user_id, idem_key, route, "
-        .. "request_hash, state, created_at, expires_at) VALUES (?, ?, ?, ?, 'running', ?, ?)",
-        user.id, idem, route, hash, t, time.iso8601(os.time() + IDEM_TTL_S))
-      if not res then
-        if code == "23505" or code == "40001" then error({ retry = true }) end
-        error(string.format("database: %s (%s)", msg, tostring(code)), 0)
-      end
-      local row = insert_case(user, fields)
-      out = json.encode(M.summary(row))
-      check(db.exec("UPDATE idempotency_keys SET state = 'done', status_code = 201, "
-        .. "response_body = ? WHERE user_id = ? AND idem_key = ?", out, user.id, idem))
-      status, headers = 201, { ["Content-Type"] = "application/json" }
+  idempotency.validate(idem)
+  return idempotency.run_in_transaction(user, idem, "POST /api/v1/cases",
+    hex(crypto.sha256(raw or "")), function()
+      return 201, json.encode(M.summary(insert_case(user, fields))),
+        { ["Content-Type"] = "application/json" }
     end)
-    if ok then return status, out, headers end
-    if not (type(err) == "table" and err.retry) then error(err, 0) end
-    time.sleep(0.01)
-  end
-  errors.raise(409, "a request with this Idempotency-Key is in progress",
-    { ["x-error-code"] = "TURN_IN_PROGRESS", ["Retry-After"] = "1" })
 end
 
 --- PUT: CaseUpdateRequest; version from body.version or If-Match. Returns the new CaseDetail.

@@ -218,4 +218,14 @@ function M.check_header(req)
   return s
 end
 
+--- A route handler behind a bearer token and, when the client sends X-Session-Id, a live
+-- session of that user: an expired one is the contract's SESSION_EXPIRED 401, so the client
+-- re-creates it and retries.
+function M.protect(handler)
+  return require("fm.services.auth").protect(function(req)
+    M.check_header(req)
+    return handler(req)
+  end)
+end
+
 return M
