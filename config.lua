@@ -87,6 +87,17 @@ M.specs = {
     max = 86400, default = 600,
     doc = "Seconds between housekeeping runs (upload sweeper, expired idempotency keys and "
       .. "refresh tokens); 0 turns it off." },
+  { env = "FM_JOB_WORKERS", key = "job_workers", kind = "int", min = 0, max = 64, default = 1,
+    doc = "Background job runner threads (knowledge ingestion), each with its own Lua VM; 0 "
+      .. "runs no jobs in this engine (another replica on the same database may)." },
+  { env = "FM_JOB_POLL_MS", key = "job_poll_ms", kind = "int", min = 10, max = 600000,
+    default = 1000,
+    doc = "How often an idle job runner looks for due jobs (an enqueue in the same engine wakes "
+      .. "it at once; jobs queued by other replicas or retried later wait for the poll)." },
+  { env = "FM_JOB_LEASE_S", key = "job_lease_s", reload = true, kind = "int", min = 2,
+    max = 86400, default = 300,
+    doc = "A running job whose runner has not renewed its lock for this long (its engine died) "
+      .. "is taken again by another runner." },
   { env = "FM_MAX_URL_BYTES", key = "max_url_bytes", kind = "int", min = 256, max = 1 << 20,
     default = 8192, doc = "Longest request URL (414 above)." },
   { env = "FM_MAX_HEADER_BYTES", key = "max_header_bytes", kind = "int", min = 1024,
@@ -262,6 +273,133 @@ M.specs = {
   { env = "S3_MAX_RETRIES", key = "s3_max_retries", kind = "int", min = 0, max = 20, default = 3,
     doc = "Retries of an S3 request after a 5xx, throttling or a network error (exponential "
       .. "backoff with jitter); each attempt goes through the `s3` circuit breaker." },
+  -- embeddings and vectors (docs/VECTORS.md)
+  { env = "EMBEDDING_PROVIDER", key = "embedding_provider", kind = "enum", lower = true,
+    values = { "hashing", "openai" }, default = "hashing",
+    check = function(v, s)
+      if v ~= "openai" then return nil end
+      if s.embedding_api_base == "" then return "openai needs EMBEDDING_API_BASE" end
+      if s.embedding_model == "" then return "openai needs EMBEDDING_MODEL" end
+    end,
+    doc = "hashing: the built-in embedder (deterministic, no model; word and character n-gram "
+      .. "feature hashing). openai: any OpenAI-compatible /v1/embeddings API (OpenAI, Ollama, "
+      .. "vLLM, TEI) at EMBEDDING_API_BASE. See docs/VECTORS.md." },
+  { env = "EMBEDDING_API_BASE", key = "embedding_api_base", kind = "string", default = "",
+    check = function(v)
+      if v ~= "" and not v:match("^https?://[^/?#]+") then return "expected an http(s) URL" end
+    end,
+    doc = "EMBEDDING_PROVIDER=openai: the API base the path /embeddings is added to, e.g. "
+      .. "`https://api.openai.com/v1` or `http://localhost:11434/v1` (Ollama)." },
+  { env = "EMBEDDING_MODEL", key = "embedding_model", kind = "string", default = "",
+    doc = "EMBEDDING_PROVIDER=openai: the model, e.g. `text-embedding-3-small`, "
+      .. "`nomic-embed-text`." },
+  { env = "EMBEDDING_API_KEY", key = "embedding_api_key", kind = "string", default = "",
+    secret = true,
+    doc = "EMBEDDING_PROVIDER=openai: sent as `Authorization: Bearer <key>` (empty: no header)." },
+  { env = "EMBEDDING_DIM", key = "embedding_dim", kind = "int", min = 1, max = 8192,
+    default = 384,
+    check = function(v, s)
+      if s.embedding_provider == "hashing" and v ~= 384 and v ~= 512 then
+        return "the hashing embedder makes 384 or 512 dimensions"
+      end
+    end,
+    doc = "Dimensions of every vector: 384 or 512 for hashing; for openai the model's own "
+      .. "(1536 for text-embedding-3-small, 768 for nomic-embed-text). A vector index built with "
+      .. "another dimension stops the knowledge base at start: `faultmaven kb reindex`." },
+  { env = "EMBEDDING_BATCH_SIZE", key = "embedding_batch_size", kind = "int", min = 1,
+    max = 2048, default = 64,
+    doc = "EMBEDDING_PROVIDER=openai: texts sent in one /embeddings request." },
+  { env = "EMBEDDING_TIMEOUT_S", key = "embedding_timeout_s", kind = "number", min = 1,
+    max = 600, default = 30,
+    doc = "EMBEDDING_PROVIDER=openai: longest one /embeddings request may take. Failed requests "
+      .. "(5xx, 429, timeouts) are retried 3 times with backoff through the `embeddings` circuit "
+      .. "breaker." },
+  { env = "VECTOR_BACKEND", key = "vector_backend", kind = "enum", lower = true,
+    values = { "embedded", "qdrant", "pinecone", "chroma", "pgvector" }, default = "",
+    doc = "Alias of VECTOR_DB_PROVIDER (the name older FaultMaven deployments use)." },
+  { env = "VECTOR_DB_PROVIDER", key = "vector_db_provider", kind = "enum", lower = true,
+    values = { "embedded", "qdrant", "pinecone", "chroma", "pgvector" },
+    default = function(s) return s.vector_backend ~= "" and s.vector_backend or "embedded" end,
+    default_doc = "VECTOR_BACKEND, else embedded",
+    check = function(v)
+      if v == "pgvector" then
+        return "pgvector is not built in this engine (Debian 12 has no pgvector package for "
+          .. "PostgreSQL 15): use embedded, qdrant, pinecone or chroma (docs/VECTORS.md)"
+      end
+    end,
+    doc = "Where vectors live: embedded (an HNSW index per collection in "
+      .. "`<FM_DATA_DIR>/vectors`, with a write-ahead log), qdrant, pinecone or chroma. pgvector "
+      .. "is not built (refused at start). See docs/VECTORS.md." },
+  { env = "HNSW_M", key = "hnsw_m", kind = "int", min = 4, max = 128, default = 16,
+    doc = "VECTOR_DB_PROVIDER=embedded: links per node of a new index (more: better recall, "
+      .. "more memory)." },
+  { env = "HNSW_EF_CONSTRUCTION", key = "hnsw_ef_construction", kind = "int", min = 8,
+    max = 4096, default = 200,
+    doc = "VECTOR_DB_PROVIDER=embedded: candidate list while inserting (more: better graph, "
+      .. "slower inserts)." },
+  { env = "HNSW_EF_SEARCH", key = "hnsw_ef_search", kind = "int", min = 8, max = 4096,
+    default = 64,
+    doc = "VECTOR_DB_PROVIDER=embedded: candidate list while searching (raised to k; more: "
+      .. "better recall, slower)." },
+  { env = "VECTOR_QUANTIZE", key = "vector_quantize", kind = "bool", default = false,
+    doc = "VECTOR_DB_PROVIDER=embedded: traverse a new index on int8 codes (4x less memory "
+      .. "read per hop) and rescore the candidates in float32." },
+  -- external vector stores (fm.vector.qdrant, .pinecone, .chroma over fm.http)
+  { env = "VECTOR_TIMEOUT_S", key = "vector_timeout_s", kind = "number", min = 1, max = 600,
+    default = 10,
+    doc = "VECTOR_DB_PROVIDER=qdrant, pinecone or chroma: longest one request to the vector "
+      .. "store may take. Each provider has its circuit breaker (`qdrant`, `pinecone`, "
+      .. "`chroma`); a timeout, a refused connection, a 5xx or 429 or an open breaker is "
+      .. "VECTOR_UNAVAILABLE." },
+  { env = "QDRANT_URL", key = "qdrant_url", kind = "string",
+    default = function(s)
+      return s.deployment_mode == "local" and "http://localhost:6333" or "http://qdrant:6333"
+    end,
+    default_doc = "http://localhost:6333 in local mode, http://qdrant:6333 otherwise",
+    check = function(v)
+      if not v:match("^https?://[^/?#]+/?$") then return "expected http(s)://host[:port]" end
+    end,
+    doc = "VECTOR_DB_PROVIDER=qdrant: the Qdrant REST API (port 6333). Collections are made with "
+      .. "Cosine distance." },
+  { env = "QDRANT_API_KEY", key = "qdrant_api_key", kind = "string", default = "", secret = true,
+    doc = "VECTOR_DB_PROVIDER=qdrant: sent as the `api-key` header (Qdrant Cloud; empty: none)." },
+  { env = "PINECONE_API_KEY", key = "pinecone_api_key", kind = "string", default = "",
+    secret = true,
+    check = function(v, s)
+      if s.vector_db_provider ~= "pinecone" then return nil end
+      if v == "" then return "pinecone needs PINECONE_API_KEY" end
+      if s.pinecone_index_name == "" and s.pinecone_host == "" then
+        return "pinecone needs PINECONE_INDEX_NAME (or PINECONE_HOST)"
+      end
+    end,
+    doc = "VECTOR_DB_PROVIDER=pinecone: sent as the `Api-Key` header." },
+  { env = "PINECONE_INDEX_NAME", key = "pinecone_index_name", kind = "string", default = "",
+    doc = "VECTOR_DB_PROVIDER=pinecone: the index (create it with the metric cosine and "
+      .. "EMBEDDING_DIM dimensions); each collection is a namespace in it. Its host is asked from "
+      .. "the control plane (https://api.pinecone.io/indexes/<name>) once." },
+  { env = "PINECONE_ENVIRONMENT", key = "pinecone_environment", kind = "string", default = "",
+    doc = "VECTOR_DB_PROVIDER=pinecone: a legacy (pod) index's environment, e.g. "
+      .. "`us-west1-gcp`: when the control plane does not know the index, its host is "
+      .. "https://<index>-<project>.svc.<environment>.pinecone.io (project from "
+      .. "controller.<environment>.pinecone.io/actions/whoami)." },
+  { env = "PINECONE_HOST", key = "pinecone_host", kind = "string", default = "",
+    doc = "VECTOR_DB_PROVIDER=pinecone: the index host (as the console shows it, or a URL); set, "
+      .. "it wins over PINECONE_INDEX_NAME and PINECONE_ENVIRONMENT and nothing is looked up." },
+  { env = "CHROMA_HOST", key = "chroma_host", kind = "string",
+    default = function(s) return s.deployment_mode == "local" and "localhost" or "chroma" end,
+    default_doc = "localhost in local mode, chroma otherwise",
+    doc = "VECTOR_DB_PROVIDER=chroma: the Chroma server's host (HTTP API v2), or a URL "
+      .. "http(s)://host[:port] used as it is." },
+  { env = "CHROMA_PORT", key = "chroma_port", kind = "int", min = 1, max = 65535, default = 8000,
+    doc = "VECTOR_DB_PROVIDER=chroma: the Chroma server's port." },
+  { env = "CHROMA_TENANT", key = "chroma_tenant", kind = "string", default = "default_tenant",
+    doc = "VECTOR_DB_PROVIDER=chroma: the tenant (it must exist)." },
+  { env = "CHROMA_DATABASE", key = "chroma_database", kind = "string",
+    default = "default_database",
+    doc = "VECTOR_DB_PROVIDER=chroma: the database (it must exist)." },
+  { env = "CHROMA_API_KEY", key = "chroma_api_key", kind = "string", default = "", secret = true,
+    doc = "VECTOR_DB_PROVIDER=chroma: sent as the `X-Chroma-Token` header (token auth, Chroma "
+      .. "Cloud; empty: none)." },
   { env = "RUN_STARTUP_MIGRATIONS", key = "run_startup_migrations", kind = "bool",
     default = function(s) return s.deployment_mode == "local" end,
     default_doc = "true in local mode, false otherwise",
@@ -343,6 +481,34 @@ M.specs = {
     default_doc = "`<FM_DATA_DIR>/admin-audit.log`",
     doc = "Audit log of the admin REPL: one JSON line per command and per refused connection "
       .. "(mode 0600, appended)." },
+  { env = "KB_PACK_DIR", key = "kb_pack_dir", kind = "string",
+    default = function(s) return s.home .. "/kb" end, default_doc = "`<FM_HOME>/kb`",
+    doc = "The built-in knowledge pack: its *.md runbooks are loaded at start (global, "
+      .. "origin pack); a changed file updates its document, a removed one deletes it. `off`: "
+      .. "no pack (documents loaded before stay until the pack is on again)." },
+  { env = "KB_WEIGHT_VECTOR", key = "kb_weight_vector", reload = true, kind = "number", min = 0,
+    max = 100, default = 0.45, doc = "Knowledge search: weight of the vector similarity." },
+  { env = "KB_WEIGHT_KEYWORD", key = "kb_weight_keyword", reload = true, kind = "number",
+    min = 0, max = 100, default = 0.4,
+    doc = "Knowledge search: weight of the full-text score (divided by the best one)." },
+  { env = "KB_WEIGHT_METADATA", key = "kb_weight_metadata", reload = true, kind = "number",
+    min = 0, max = 100, default = 0.1,
+    doc = "Knowledge search: weight of the match of the request's category, document_type and "
+      .. "tags (counted only when the request names one)." },
+  { env = "KB_WEIGHT_FRESHNESS", key = "kb_weight_freshness", reload = true, kind = "number",
+    min = 0, max = 100, default = 0.05,
+    doc = "Knowledge search: weight of freshness (1 when just updated, halving every "
+      .. "KB_FRESHNESS_HALF_LIFE_DAYS)." },
+  { env = "KB_FRESHNESS_HALF_LIFE_DAYS", key = "kb_freshness_half_life_days", reload = true,
+    kind = "number", min = 1, max = 36500, default = 180,
+    doc = "Knowledge search: days after which a document's freshness score halves." },
+  { env = "KB_SIMILARITY_THRESHOLD", key = "kb_similarity_threshold", reload = true,
+    kind = "number", min = 0, max = 1, default = 0.15,
+    doc = "Knowledge search: results scoring below this are dropped (a request's "
+      .. "similarity_threshold replaces it)." },
+  { env = "KB_MAX_CHUNKS_PER_DOCUMENT", key = "kb_max_chunks_per_document", reload = true,
+    kind = "int", min = 1, max = 100, default = 2,
+    doc = "Knowledge search: at most this many chunks of one document in the results." },
 }
 
 local function trim(s) return (s:gsub("^%s+", ""):gsub("%s+$", "")) end

@@ -6,6 +6,7 @@
 #include "storage.h"
 #include "http.h"
 #include "housekeeping.h"
+#include "jobs.h"
 #include "httpc.h"
 #include "log.h"
 #include "metrics.h"
@@ -37,6 +38,8 @@ static const char usage[] =
     "  faultmaven exec FILE [ARGS...]   run a Lua file in an engine VM with the fm.* modules\n"
     "  faultmaven check-config          print the resolved settings (secrets masked); exit 2 if invalid\n"
     "  faultmaven migrate [status|up]   show or apply the database migrations (DATABASE_URL)\n"
+    "  faultmaven kb export FILE | import FILE | reindex\n"
+    "                                   move the knowledge base between providers; re-embed it\n"
     "  faultmaven repl [-e CODE]        Lua REPL inside the running engine (admin socket)\n"
     "  faultmaven reload                reload config.lua, lua/ and playbooks/ in the running engine\n"
     "  faultmaven version               print version information\n"
@@ -81,6 +84,8 @@ struct settings {
   int io_threads;
   double grace_s;
   double housekeeping_s;
+  int job_workers;
+  double job_poll_s;
   int log_level;
   size_t lua_memory;
   uint64_t budget;
@@ -207,6 +212,8 @@ static int load_settings(struct fm_vm *vm, struct settings *s, struct fm_err *er
   s->io_threads = (int)get_int(L, "http_io_threads");
   s->grace_s = get_num(L, "shutdown_grace_s");
   s->housekeeping_s = get_num(L, "housekeeping_interval_s");
+  s->job_workers = (int)get_int(L, "job_workers");
+  s->job_poll_s = get_num(L, "job_poll_ms") / 1000.0;
   char lv[32];
   get_str(L, "log_level", lv, sizeof lv);
   s->log_level = fm_log_parse_level(lv);
@@ -471,6 +478,7 @@ static int cmd_serve(void) {
   /* the admin socket (a problem is logged, serving goes on) is up before readiness says so */
   fm_admin_start(&wc.vm);
   fm_housekeeping_start(&wc.vm, s.housekeeping_s);
+  fm_jobs_start(&wc.vm, s.job_workers, s.job_poll_s);
   fm_http_set_ready(1);
   {
     char f[512];
@@ -497,6 +505,7 @@ static int cmd_serve(void) {
   }
   fm_admin_stop(); /* ends admin sessions first: admin.reload() waits on the reload thread */
   fm_housekeeping_stop(); /* its VM holds a generation and borrows database connections */
+  fm_jobs_stop();         /* the same; waits for the job in progress */
   fm_reload_stop(); /* before the workers: a build must not start while they are torn down */
   fm_http_stop();
   fm_workers_stop();
@@ -631,6 +640,63 @@ static int cmd_migrate(int argc, char **argv) {
   return code;
 }
 
+/* faultmaven kb export FILE | import FILE | reindex: fm.kb.cli.main{args..., tty} in an EXEC VM
+ * with the settings serve would use; tty says whether stderr shows a progress bar. */
+static int l_kb_step(lua_State *L) {
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "fm.kb.cli");
+  lua_call(L, 1, 1);
+  lua_getfield(L, -1, "main");
+  lua_pushvalue(L, 1);
+  lua_call(L, 1, 1);
+  return 1;
+}
+
+static int cmd_kb(int argc, char **argv) {
+  struct fm_err err = {0};
+  if (argc < 3) {
+    fputs("usage: faultmaven kb export FILE | import FILE | reindex\n", stderr);
+    return 2;
+  }
+  if (resolve_home(&err)) {
+    fprintf(stderr, "faultmaven: %s\n", err.msg);
+    return 2;
+  }
+  int lv = fm_log_parse_level(getenv("LOG_LEVEL"));
+  fm_log_set_level(lv >= 0 ? lv : FM_LOG_WARN);
+  if (fm_httpc_global_init(&err)) {
+    fprintf(stderr, "faultmaven: %s\n", err.msg);
+    return 1;
+  }
+  int code = 1;
+  struct fm_vm *vm = boot_vm(FM_VM_EXEC, &err);
+  if (vm) {
+    lua_State *L = vm->L;
+    lua_pushcfunction(L, l_kb_step);
+    lua_createtable(L, argc - 2, 1);
+    for (int i = 2; i < argc; i++) {
+      lua_pushstring(L, argv[i]);
+      lua_rawseti(L, -2, i - 1);
+    }
+    lua_pushboolean(L, isatty(STDERR_FILENO));
+    lua_setfield(L, -2, "tty");
+    if (!fm_vm_pcall(vm, 1, 1, &err)) code = (int)lua_tointeger(L, -1);
+    fm_vm_free(vm);
+  }
+  if (err.msg[0]) {
+    char *tb = strstr(err.msg, "\nstack traceback:");
+    if (tb) *tb = '\0';
+    fprintf(stderr, "faultmaven: kb: %s\n", err.msg);
+    code = 1;
+  }
+  fm_db_global_close();
+  fm_kv_global_close();
+  fm_storage_global_close();
+  fm_kv_scripts_reset();
+  fm_httpc_global_cleanup();
+  return code;
+}
+
 /* repl and reload: the admin socket comes from --socket, else from the same settings serve
  * resolves (FM_HOME/config.lua over the environment and the flags). */
 static int cmd_admin_client(int argc, char **argv, int reload) {
@@ -678,6 +744,7 @@ int main(int argc, char **argv) {
   }
   if (!strcmp(cmd, "exec")) return cmd_exec(argc, argv);
   if (!strcmp(cmd, "migrate")) return cmd_migrate(argc, argv);
+  if (!strcmp(cmd, "kb")) return cmd_kb(argc, argv);
   if (!strcmp(cmd, "check-config")) {
     if (parse_flags(argc, argv, 2)) return 2;
     return cmd_check_config();

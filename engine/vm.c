@@ -27,6 +27,10 @@ int luaopen_fm_storage(lua_State *L);
 int luaopen_fm_breaker_core(lua_State *L);
 int luaopen_fm_ratelimit_core(lua_State *L);
 int luaopen_fm_analyze(lua_State *L);
+int luaopen_fm_vecmath(lua_State *L);
+int luaopen_fm_embed_core(lua_State *L);
+int luaopen_fm_vector_embedded(lua_State *L);
+int luaopen_fm_jobs_core(lua_State *L);
 
 static const luaL_Reg preloads[] = {
     {"fm.log", luaopen_fm_log},       {"fm.metrics", luaopen_fm_metrics},
@@ -39,6 +43,10 @@ static const luaL_Reg preloads[] = {
     {"fm.breaker_core", luaopen_fm_breaker_core},
     {"fm.ratelimit_core", luaopen_fm_ratelimit_core},
     {"fm.analyze", luaopen_fm_analyze},
+    {"fm.vecmath", luaopen_fm_vecmath},
+    {"fm.embed_core", luaopen_fm_embed_core},
+    {"fm.vector_embedded", luaopen_fm_vector_embedded},
+    {"fm.jobs_core", luaopen_fm_jobs_core},
     {NULL, NULL},
 };
 

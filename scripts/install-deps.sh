@@ -4,14 +4,14 @@
 # build: compiler and libraries to build and run `faultmaven serve`
 # test:  build + the servers and tools the test suite starts (PostgreSQL, Redis, Sentinel,
 #        promtool, busted, tmux for the interactive REPL spec, Node.js for s3rver)
-# bench: test + nginx with the Lua module and wrk, the peers of bench/
+# bench: test + nginx with the Lua module and wrk, FAISS and hnswlib: the peers of bench/
 set -euo pipefail
 
 build_pkgs=(build-essential cmake pkg-config liblua5.4-dev lua5.4 libmicrohttpd-dev libsqlite3-dev
   libpq-dev libhiredis-dev libcurl4-openssl-dev libjansson-dev libsodium-dev libssl-dev
   libedit-dev libhyperscan-dev lua-cjson ca-certificates curl)
 test_pkgs=(lua-busted lua-socket lua-check postgresql redis-server redis-sentinel prometheus tmux)
-bench_pkgs=(nginx libnginx-mod-http-lua wrk sqlite3 ripgrep)
+bench_pkgs=(nginx libnginx-mod-http-lua wrk sqlite3 ripgrep libfaiss-dev libhnswlib-dev)
 
 want=()
 groups=("$@")

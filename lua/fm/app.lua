@@ -8,7 +8,8 @@ local M = {}
 
 -- Built-in route modules, in order; FM_EXTRA_ROUTES adds more after them.
 M.route_modules = { "fm.api.root", "fm.api.health", "fm.api.meta", "fm.api.metrics",
-                    "fm.api.auth", "fm.api.cases", "fm.api.turns", "fm.api.sessions" }
+                    "fm.api.auth", "fm.api.cases", "fm.api.turns", "fm.api.sessions",
+                    "fm.api.knowledge", "fm.api.knowledge_search" }
 
 require "fm.services.database" -- registers the "database" component of /health
 require "fm.services.kv" -- registers the "kv" component of /health

@@ -3,7 +3,9 @@
 --   * the upload sweeper: stored objects that no uploaded_files row names (a crash between the
 --     object and the row, a deleted case) once older than FM_UPLOAD_SWEEP_GRACE_S;
 --   * expired Idempotency-Key records and refresh tokens (each user's also go on their next
---     request; these are the ones of users who do not come back).
+--     request; these are the ones of users who do not come back);
+--   * the knowledge index reconciled with its tables (fm.services.knowledge.reconcile) and
+--     finished jobs older than 7 days removed.
 local db = require "fm.db"
 local log = require "fm.log"
 local time = require "fm.time"
@@ -31,6 +33,10 @@ function M.run()
     if not res then error(msg, 0) end
     return res.changes
   end)
+  out.knowledge = task("knowledge reconcile", function()
+    return require("fm.services.knowledge").reconcile()
+  end)
+  out.jobs = task("finished jobs", function() return require("fm.jobs").sweep() end)
   log.debug("housekeeping: done", { idempotency_keys = out.idempotency_keys,
     refresh_tokens = out.refresh_tokens,
     uploads_removed = out.uploads and out.uploads.removed })

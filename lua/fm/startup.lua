@@ -2,7 +2,8 @@
 -- and before the workers start (engine/main.c):
 --   * the JWT signing key: JWT_SECRET_KEY is checked, or <data dir>/.jwt_secret created (0600);
 --   * database migrations: applied when RUN_STARTUP_MIGRATIONS is true (the default in local
---     mode); otherwise pending migrations stop the engine with what to run.
+--     mode); otherwise pending migrations stop the engine with what to run;
+--   * the built-in knowledge pack (fm.kb.pack): kb/*.md in step with the database.
 -- Raises with a message for the operator; the engine then exits 1.
 local log = require "fm.log"
 
@@ -23,6 +24,13 @@ function M.run()
         .. "(or set RUN_STARTUP_MIGRATIONS=true)", pending), 0)
     end
   end
+  -- the embedder and the vector index agree on the dimension, or the engine stops with what to
+  -- run (docs/VECTORS.md)
+  require("fm.embed").check_index(require("fm.services.knowledge").COLLECTION)
+  -- the built-in knowledge pack (KB_PACK_DIR); a failure (an embeddings API down) is logged and
+  -- the engine serves without the pack's changes: the next start tries again
+  local ok, err = pcall(require("fm.kb.pack").sync)
+  if not ok then log.error("kb pack not loaded", { error = tostring(err) }) end
 end
 
 return M

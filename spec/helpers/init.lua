@@ -471,6 +471,8 @@ function helpers.engine.start(opts)
     LOG_LEVEL = "debug",
     -- most specs send bursts to one engine: the rate limiter is off unless a spec turns it on
     RATE_LIMIT_ENABLED = "false",
+    -- the built-in knowledge pack (31 runbooks to embed) loads only where a spec asks for it
+    KB_PACK_DIR = "off",
   }
   for k, v in pairs(opts.env or {}) do env[k] = v end
   local argv = { helpers.bin(), "serve" }

@@ -107,4 +107,26 @@ M.register("storage", function()
   return "healthy", { backend = backend, latency_ms = r.latency_ms }
 end)
 
+-- Vectors (fm.vector): the driver's ping (embedded: a file written in the data dir; external: a
+-- request to the server). Degraded when it fails: knowledge search falls back to full text.
+M.register("vectors", function()
+  local vector = require "fm.vector"
+  local ok, backend = pcall(vector.backend)
+  if not ok then return "unhealthy", { error = tostring(backend) } end
+  local r, err, code = vector.ping()
+  if not r then return "degraded", { backend = backend, error = err, code = code } end
+  return "healthy", { backend = backend, latency_ms = r.latency_ms }
+end)
+
+-- Embeddings (fm.embed): hashing needs nothing; openai is not called on every /health (each call
+-- is billed): its `embeddings` circuit breaker says whether recent requests failed.
+M.register("embeddings", function()
+  local embed = require "fm.embed"
+  local out = { provider = embed.provider(), model = embed.model(), dim = embed.dim() }
+  if out.provider ~= "openai" then return "healthy", out end
+  local st = require("fm.breaker").state(embed.BREAKER)
+  out.breaker = st and st.state or "closed"
+  return out.breaker == "closed" and "healthy" or "degraded", out
+end)
+
 return M
