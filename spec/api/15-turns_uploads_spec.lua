@@ -156,6 +156,36 @@ for _, setup in ipairs(setups) do
       assert.equal(1, c.current_turn)
     end)
 
+    it("lists the case's evidence with its source file, and details one", function()
+      local case_id = new_case()
+      local a = turn(case_id, { part("files", NGINX_LOG, "ev.log") }).json()
+        .attachments_processed[1]
+      local base = "/api/v1/cases/" .. case_id .. "/evidence"
+      local l = req("GET", base)
+      assert.equal(200, l.status, l.body)
+      local list = l.json()
+      assert.equal(case_id, list.case_id)
+      assert.equal(1, list.total_count)
+      local ev = list.evidence[1]
+      assert.matches("^ev_%x+$", ev.evidence_id)
+      assert.equal("symptom_evidence", ev.category)
+      assert.equal(1, ev.collected_at_turn)
+      assert.same({ file_id = a.file_id, filename = "ev.log", uploaded_at_turn = 1 },
+        ev.source_file)
+      assert.same({}, ev.related_hypotheses)
+      assert.is_true(#ev.analysis > 0 and #ev.analysis <= 10000)
+      local d = req("GET", base .. "/" .. ev.evidence_id)
+      assert.equal(200, d.status, d.body)
+      assert.equal(ev.evidence_id, d.json().evidence_id)
+      assert.equal(404, req("GET", base .. "/" .. ev.evidence_id, { token = other_tok }).status)
+      assert.equal(404, req("GET", base, { token = other_tok }).status)
+      assert.equal(404, req("GET", "/api/v1/cases/" .. new_case() .. "/evidence/"
+        .. ev.evidence_id).status)
+      for _, bad in ipairs({ "ev_zz", "file_" .. ("a"):rep(32), "%00", ("e"):rep(200) }) do
+        assert.equal(404, req("GET", base .. "/" .. bad).status, bad)
+      end
+    end)
+
     it("does not store the same content twice in one case, but does in another", function()
       local case_id = new_case()
       local first = turn(case_id, { part("files", NGINX_LOG, "a.log") }).json()

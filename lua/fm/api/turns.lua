@@ -1,7 +1,9 @@
--- /api/v1/cases/{case_id}/turns and /uploaded-files (API.md Tier 1): a turn's intake (evidence
--- stored and analysed, see fm.services.turns) and the case's uploaded files, their analysis and
--- their raw bytes. Every route needs a bearer token and sees only the caller's cases.
+-- /api/v1/cases/{case_id}/turns and /uploaded-files (API.md Tier 1), /evidence (Tier 2): a turn's
+-- intake (evidence stored and analysed, see fm.services.turns), the case's uploaded files, their
+-- analysis and raw bytes, and the evidence rows made from them. Every route needs a bearer token
+-- and sees only the caller's cases.
 local cases = require "fm.services.cases"
+local evidence = require "fm.services.evidence"
 local settings = require "fm.settings"
 local turns = require "fm.services.turns"
 local uploads = require "fm.services.uploads"
@@ -25,6 +27,16 @@ return function(r)
   r:get("/api/v1/cases/{case_id}/uploaded-files/{file_id}", protect(function(req)
     local row = cases.get_row(req.user, req.params.case_id)
     return 200, uploads.detail(row.id, req.params.file_id)
+  end))
+
+  r:get("/api/v1/cases/{case_id}/evidence", protect(function(req)
+    local out = evidence.list(cases.get_row(req.user, req.params.case_id), req.query, cases.paging)
+    return 200, out, { ["X-Total-Count"] = tostring(out.total_count) }
+  end))
+
+  r:get("/api/v1/cases/{case_id}/evidence/{evidence_id}", protect(function(req)
+    return 200, evidence.get(cases.get_row(req.user, req.params.case_id),
+      req.params.evidence_id)
   end))
 
   r:get("/api/v1/cases/{case_id}/uploaded-files/{file_id}/download", protect(function(req)
