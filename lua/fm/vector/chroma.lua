@@ -240,26 +240,9 @@ function D:delete(c, ids)
   return n
 end
 
-local function condition(cond)
-  if #cond.values == 1 then return { [cond.key] = { ["$eq"] = cond.values[1] } } end
-  if rest.kind_of(cond.values) then
-    return { [cond.key] = { ["$in"] = rest.array({ table.unpack(cond.values) }) } }
-  end
-  local alts = {}
-  for _, v in ipairs(cond.values) do alts[#alts + 1] = { [cond.key] = { ["$eq"] = v } } end
-  return { ["$or"] = rest.array(alts) }
-end
-
--- The canonical filter (fm.vector.rest.filter) as a Chroma `where`.
+-- The canonical filter (fm.vector.rest.filter) as a Chroma `where` ($in needs one value kind).
 function M.translate_filter(f)
-  local alts = {}
-  for _, conds in ipairs(f) do
-    local all = {}
-    for _, cond in ipairs(conds) do all[#all + 1] = condition(cond) end
-    alts[#alts + 1] = #all == 1 and all[1] or { ["$and"] = rest.array(all) }
-  end
-  if #alts == 1 then return alts[1] end
-  return { ["$or"] = rest.array(alts) }
+  return rest.mongo_filter(f, function(values) return rest.kind_of(values) ~= nil end)
 end
 
 local function score(space, d)

@@ -218,30 +218,13 @@ function D:delete(ns, ids)
   return n
 end
 
--- One condition on a field: a value ($eq) or a list of values ($in; $or of $eq for booleans,
--- which $in does not take).
-local function condition(cond)
-  if #cond.values == 1 then return { [cond.key] = { ["$eq"] = cond.values[1] } } end
-  local has_bool = false
-  for _, v in ipairs(cond.values) do if type(v) == "boolean" then has_bool = true end end
-  if not has_bool then
-    return { [cond.key] = { ["$in"] = rest.array({ table.unpack(cond.values) }) } }
-  end
-  local alts = {}
-  for _, v in ipairs(cond.values) do alts[#alts + 1] = { [cond.key] = { ["$eq"] = v } } end
-  return { ["$or"] = rest.array(alts) }
-end
-
--- The canonical filter (fm.vector.rest.filter) as a Pinecone metadata filter.
+-- The canonical filter (fm.vector.rest.filter) as a Pinecone metadata filter ($in takes no
+-- booleans: a list with one becomes $or of $eq).
 function M.translate_filter(f)
-  local alts = {}
-  for _, conds in ipairs(f) do
-    local all = {}
-    for _, cond in ipairs(conds) do all[#all + 1] = condition(cond) end
-    alts[#alts + 1] = #all == 1 and all[1] or { ["$and"] = rest.array(all) }
-  end
-  if #alts == 1 then return alts[1] end
-  return { ["$or"] = rest.array(alts) }
+  return rest.mongo_filter(f, function(values)
+    for _, v in ipairs(values) do if type(v) == "boolean" then return false end end
+    return true
+  end)
 end
 
 function D:search(ns, qvec, k, filter)

@@ -184,6 +184,29 @@ function M.kind_of(values)
   return kind
 end
 
+--- The canonical filter (M.filter) in the MongoDB-like syntax Pinecone and Chroma share:
+-- $eq for one value, $in for a list when in_ok(values) says the store takes it (else $or of
+-- $eq), $and inside an alternative, $or between alternatives.
+function M.mongo_filter(f, in_ok)
+  local function condition(cond)
+    if #cond.values == 1 then return { [cond.key] = { ["$eq"] = cond.values[1] } } end
+    if in_ok(cond.values) then
+      return { [cond.key] = { ["$in"] = M.array({ table.unpack(cond.values) }) } }
+    end
+    local alts = {}
+    for _, v in ipairs(cond.values) do alts[#alts + 1] = { [cond.key] = { ["$eq"] = v } } end
+    return { ["$or"] = M.array(alts) }
+  end
+  local alts = {}
+  for _, conds in ipairs(f) do
+    local all = {}
+    for _, cond in ipairs(conds) do all[#all + 1] = condition(cond) end
+    alts[#alts + 1] = #all == 1 and all[1] or { ["$and"] = M.array(all) }
+  end
+  if #alts == 1 then return alts[1] end
+  return { ["$or"] = M.array(alts) }
+end
+
 function M.check_k(k)
   if math.type(k) ~= "integer" or k < 1 then return nil, "k: a positive integer expected" end
   return true
