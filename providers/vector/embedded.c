@@ -436,6 +436,7 @@ struct entry {
 
 struct fm_vcoll {
   char *dir;
+  char *given; /* the spelling it was first opened with: found again without realpath() */
   size_t dim;
   struct fm_vcoll_params p;
   int refs; /* under g_reg_mu */
@@ -589,6 +590,7 @@ static void coll_free(struct fm_vcoll *c) {
   pthread_mutex_destroy(&c->wlock);
   pthread_rwlock_destroy(&c->mlock);
   free(c->dir);
+  free(c->given);
   free(c);
 }
 
@@ -891,6 +893,18 @@ int fm_vcoll_open(const char *dir_in, size_t dim, const struct fm_vcoll_params *
                   struct fm_vcoll **out, struct fm_err *err) {
   *out = NULL;
   if (strlen(dir_in) >= 3800) return fm_err_set(err, FM_E_INVAL, "vector directory path too long");
+  /* Every fm.vector call opens its collection: the usual spelling is matched first, so the hot
+   * path costs a string compare under the registry lock, not the syscalls of realpath(). */
+  pthread_mutex_lock(&g_reg_mu);
+  for (struct fm_vcoll *c = g_open; c; c = c->next_open) {
+    if (!c->given || strcmp(c->given, dir_in) != 0) continue;
+    if (dim && dim != c->dim) break; /* the slow path below reports it */
+    c->refs++;
+    *out = c;
+    pthread_mutex_unlock(&g_reg_mu);
+    return 0;
+  }
+  pthread_mutex_unlock(&g_reg_mu);
   char real[PATH_MAX];
   const char *dir = dir_key(dir_in, real);
   if (strlen(dir) >= 3800) return fm_err_set(err, FM_E_INVAL, "vector directory path too long");
@@ -939,7 +953,8 @@ int fm_vcoll_open(const char *dir_in, size_t dim, const struct fm_vcoll_params *
     goto fail;
   }
   c = calloc(1, sizeof *c);
-  if (!c || !(c->dir = strdup(dir))) {
+  if (!c || !(c->dir = strdup(dir)) || !(c->given = strdup(dir_in))) {
+    if (c) free(c->dir);
     free(c);
     c = NULL;
     rc = fm_err_set(err, FM_E_NOMEM, "out of memory");
