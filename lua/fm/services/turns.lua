@@ -169,18 +169,25 @@ function M.parse(req)
   return input
 end
 
--- The identity of a turn request for its Idempotency-Key: every field, and the file's content.
-local function request_hash(input, file_sha)
+-- SHA-256 and size of a part's content (a spooled file is read once, here; prepare reuses it).
+local function content_sha(part)
+  if not part.file then return crypto.sha256(part.value or ""), #(part.value or "") end
+  local sha, size = crypto.sha256_file(part.file)
+  if not sha then errors.raise(500, "cannot read the upload: " .. tostring(size)) end
+  return sha, size
+end
+
+-- The identity of a turn request for its Idempotency-Key: every field, and the contents.
+local function request_hash(input)
   local parts = {}
   for _, name in ipairs({ "query", "pasted", "input_type", "intent_type", "intent_data",
                          "source_url", "observed_at" }) do
     parts[#parts + 1] = name .. "=" .. tostring(input[name] or "")
   end
-  if input.pasted_file then
-    parts[#parts + 1] = "pasted_file=" .. crypto.hex((crypto.sha256_file(input.pasted_file.file)))
-  end
+  if input.pasted_file then parts[#parts + 1] = "pasted_file=" .. crypto.hex(input.pasted_sha) end
   if input.file then
-    parts[#parts + 1] = "file=" .. tostring(input.file.filename) .. ":" .. crypto.hex(file_sha)
+    parts[#parts + 1] = "file=" .. tostring(input.file.filename) .. ":"
+      .. crypto.hex(input.file_sha)
   end
   return crypto.hex(crypto.sha256(table.concat(parts, "\0")))
 end
@@ -228,7 +235,7 @@ local function terminal(row)
 end
 
 -- The work of a turn: evidence stored first (outside any transaction), then one transaction.
-local function run(user, row, input, file_sha, file_size, idem)
+local function run(user, row, input, idem)
   local prepared = {}
   local function discard_all()
     for _, p in ipairs(prepared) do if not p.duplicate then uploads.discard(p) end end
@@ -238,7 +245,7 @@ local function run(user, row, input, file_sha, file_size, idem)
       local name = uploads.display_name(input.file.filename)
       local p = uploads.prepare(user, row.id, {
         path = input.file.file, text = input.file.value, filename = name,
-        content_type = input.file.content_type, sha256 = file_sha, size = file_size,
+        content_type = input.file.content_type, sha256 = input.file_sha, size = input.file_size,
         upload_source = input.input_type == "page_capture" and "page_capture" or "file",
         source_url = input.source_url, observed_at = input.observed_at })
       p.display_name = name
@@ -248,7 +255,8 @@ local function run(user, row, input, file_sha, file_size, idem)
       local name = input.input_type == "page_capture" and "page-capture.txt" or "pasted-content.txt"
       local p = uploads.prepare(user, row.id, {
         path = input.pasted_file and input.pasted_file.file, text = input.pasted,
-        filename = name, content_type = "text/plain",
+        sha256 = input.pasted_sha, size = input.pasted_size, filename = name,
+        content_type = "text/plain",
         upload_source = input.input_type == "page_capture" and "page_capture" or "paste",
         source_url = input.source_url, observed_at = input.observed_at })
       p.display_name = name
@@ -306,25 +314,16 @@ function M.submit(user, case_id, req)
   if cases.TERMINAL[row.state] then terminal(row) end
   local input = M.parse(req)
   local idem = idempotency.validate(req.headers["idempotency-key"])
-  local file_sha, file_size
   if input.file then
-    if input.file.file then
-      file_sha, file_size = crypto.sha256_file(input.file.file)
-      if not file_sha then errors.raise(500, "cannot read the upload: " .. tostring(file_size)) end
-    else
-      file_sha, file_size = crypto.sha256(input.file.value or ""), #(input.file.value or "")
-    end
-    if file_size > uploads.max_bytes() then
-      errors.raise(413, string.format("the file is %s; the limit is %d MB (MAX_UPLOAD_SIZE_MB)",
-        uploads.size_display(file_size), uploads.max_bytes() // (1024 * 1024)))
-    end
     uploads.check_extension(uploads.display_name(input.file.filename))
+    input.file_sha, input.file_size = content_sha(input.file)
   end
+  if input.pasted_file then input.pasted_sha, input.pasted_size = content_sha(input.pasted_file) end
   if idem then
-    local s, b, h = idempotency.begin(user, idem, M.ROUTE, request_hash(input, file_sha))
+    local s, b, h = idempotency.begin(user, idem, M.ROUTE, request_hash(input))
     if s then return s, b, h end
   end
-  local ok, s, b, h = pcall(run, user, row, input, file_sha, file_size, idem)
+  local ok, s, b, h = pcall(run, user, row, input, idem)
   if not ok then
     if idem then idempotency.release(user, idem) end
     error(s, 0)
