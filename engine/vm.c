@@ -52,6 +52,26 @@ static const luaL_Reg preloads[] = {
 
 struct fm_vm *fm_vm_from_lua(lua_State *L) { return *(struct fm_vm **)lua_getextraspace(L); }
 
+void fm_lua_handle_type(lua_State *L, const char *name, const luaL_Reg *methods,
+                        lua_CFunction close, lua_CFunction tostring) {
+  if (luaL_newmetatable(L, name)) {
+    lua_newtable(L);
+    luaL_setfuncs(L, methods, 0);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, close);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, close);
+    lua_setfield(L, -2, "__close");
+    if (tostring) {
+      lua_pushcfunction(L, tostring);
+      lua_setfield(L, -2, "__tostring");
+    }
+    lua_pushstring(L, name);
+    lua_setfield(L, -2, "__metatable");
+  }
+  lua_pop(L, 1);
+}
+
 static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   struct fm_vm *vm = ud;
   if (ptr == NULL) osize = 0; /* osize is a type tag for new blocks */

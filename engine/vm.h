@@ -75,6 +75,13 @@ void fm_vm_begin_request(struct fm_vm *vm, uint64_t budget);
  * VM should be replaced (still above half its cap after collecting); otherwise returns 0. */
 int fm_vm_end_request(struct fm_vm *vm);
 
+struct luaL_Reg;
+/* Declares the metatable of a handle type exposed to Lua (once per state): methods as __index,
+ * close as both __gc and __close, tostring (may be NULL) as __tostring, and the name as
+ * __metatable so Lua code cannot swap it. Leaves the stack as it was. */
+void fm_lua_handle_type(lua_State *L, const char *name, const struct luaL_Reg *methods,
+                        lua_CFunction close, lua_CFunction tostring);
+
 /* Registers the fm.* C modules in package.preload (used by fm_vm_new). */
 void fm_vm_preload(lua_State *L, enum fm_vm_mode mode);
 

@@ -16,6 +16,7 @@
  * Codes: IO (the file cannot be read), UNSUPPORTED (Hyperscan cannot run on this CPU), INVALID
  * (bad signatures), NOMEM. Misuse (wrong argument types) raises. */
 #include "analyze.h"
+#include "vm.h"
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -257,19 +258,7 @@ static const luaL_Reg set_methods[] = {
 
 int luaopen_fm_analyze(lua_State *L);
 int luaopen_fm_analyze(lua_State *L) {
-  if (luaL_newmetatable(L, SIGSET_MT)) {
-    luaL_newlib(L, set_methods);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_sigset_close);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, l_sigset_close);
-    lua_setfield(L, -2, "__close");
-    lua_pushcfunction(L, l_sigset_tostring);
-    lua_setfield(L, -2, "__tostring");
-    lua_pushliteral(L, SIGSET_MT);
-    lua_setfield(L, -2, "__metatable");
-  }
-  lua_pop(L, 1);
+  fm_lua_handle_type(L, SIGSET_MT, set_methods, l_sigset_close, l_sigset_tostring);
   luaL_newlib(L, funcs);
   return 1;
 }

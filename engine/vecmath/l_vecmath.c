@@ -13,6 +13,7 @@
  * called protected, and its error is raised again once the lock is released. Index calls from
  * inside a filter are refused (they could deadlock on the lock the search holds). */
 #include "vecmath.h"
+#include "vm.h"
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -490,19 +491,7 @@ static const luaL_Reg funcs[] = {
 
 int luaopen_fm_vecmath(lua_State *L);
 int luaopen_fm_vecmath(lua_State *L) {
-  if (luaL_newmetatable(L, HNSW_MT)) {
-    luaL_newlib(L, methods);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, l_gc);
-    lua_setfield(L, -2, "__close");
-    lua_pushcfunction(L, l_tostring);
-    lua_setfield(L, -2, "__tostring");
-    lua_pushliteral(L, HNSW_MT);
-    lua_setfield(L, -2, "__metatable");
-  }
-  lua_pop(L, 1);
+  fm_lua_handle_type(L, HNSW_MT, methods, l_gc, l_tostring);
   luaL_newlib(L, funcs);
   return 1;
 }

@@ -579,17 +579,7 @@ static const luaL_Reg resp_methods[] = {
 
 int luaopen_fm_storage(lua_State *L);
 int luaopen_fm_storage(lua_State *L) {
-  if (luaL_newmetatable(L, FM_RESP_STREAM_MT)) {
-    lua_pushcfunction(L, resp_close);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, resp_close);
-    lua_setfield(L, -2, "__close");
-    luaL_newlib(L, resp_methods);
-    lua_setfield(L, -2, "__index");
-    lua_pushliteral(L, FM_RESP_STREAM_MT);
-    lua_setfield(L, -2, "__metatable");
-  }
-  lua_pop(L, 1);
+  fm_lua_handle_type(L, FM_RESP_STREAM_MT, resp_methods, resp_close, NULL);
   luaL_newlib(L, funcs);
   return 1;
 }
