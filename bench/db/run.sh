@@ -120,19 +120,8 @@ FM_PID=""
 PG_PID=""
 CHILD_PID=""
 
-stop_pid() { # pid name [signal]
-  local pid="$1" sig="${3:-TERM}" _
-  [ -n "$pid" ] || return 0
-  kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-  kill -"$sig" "$pid" 2>/dev/null || true
-  for _ in $(seq 1 100); do
-    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-    sleep 0.1
-  done
-  echo "run.sh: $2 (pid $pid) did not stop after SIG$sig, sending SIGKILL" >&2
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
+# shellcheck source=../lib.sh
+source "$HERE/../lib.sh"
 cleanup() {
   local rc=$?
   stop_pid "$CHILD_PID" "wrk/pgbench/sqlite3"
