@@ -103,17 +103,31 @@ static int l_vector_open(lua_State *L) {
   return 1;
 }
 
-static int l_vector_dim(lua_State *L) {
-  const char *dir = luaL_checkstring(L, 1);
+/* The collection at dir, opened (the caller releases it). NULL when it does not exist (*nret = 0:
+ * the caller pushes its answer for "none") or on an error (*nret = what fail() pushed). */
+static struct fm_vcoll *open_existing(lua_State *L, const char *dir, int *nret) {
   struct fm_vcoll_params p = get_params();
   struct fm_vcoll *c;
   struct fm_err err = {0};
   int rc = fm_vcoll_open(dir, 0, &p, &c, &err);
-  if (rc == FM_VEC_E_NOCOLL) {
+  *nret = 0;
+  if (rc == FM_VEC_E_NOCOLL) return NULL;
+  if (rc) {
+    *nret = fail(L, rc, &err);
+    return NULL;
+  }
+  return c;
+}
+
+static int l_vector_dim(lua_State *L) {
+  const char *dir = luaL_checkstring(L, 1);
+  int nr;
+  struct fm_vcoll *c = open_existing(L, dir, &nr);
+  if (!c) {
+    if (nr) return nr;
     lua_pushnil(L);
     return 1;
   }
-  if (rc) return fail(L, rc, &err);
   lua_pushinteger(L, (lua_Integer)fm_vcoll_dim(c));
   fm_vcoll_release(c);
   return 1;
@@ -172,16 +186,15 @@ static int l_vector_delete(lua_State *L) {
   const char **ids;
   size_t *idl;
   size_t n = str_list(L, 2, "ids", &ids, &idl);
-  struct fm_vcoll_params p = get_params();
-  struct fm_vcoll *c;
-  struct fm_err err = {0};
-  int rc = fm_vcoll_open(dir, 0, &p, &c, &err);
-  if (rc == FM_VEC_E_NOCOLL) {
+  int nr;
+  struct fm_vcoll *c = open_existing(L, dir, &nr);
+  if (!c) {
+    if (nr) return nr;
     lua_pushinteger(L, 0);
     return 1;
   }
-  if (rc) return fail(L, rc, &err);
-  rc = fm_vcoll_delete(c, n, ids, idl, &err);
+  struct fm_err err = {0};
+  int rc = fm_vcoll_delete(c, n, ids, idl, &err);
   fm_vcoll_release(c);
   if (rc < 0) return fail(L, rc, &err);
   lua_pushinteger(L, rc);
@@ -212,22 +225,21 @@ static int l_vector_search(lua_State *L) {
   res->r = NULL;
   res->n = 0;
   luaL_setmetatable(L, RESULTS_MT);
-  struct fm_vcoll_params p = get_params();
-  struct fm_vcoll *c;
-  struct fm_err err = {0};
-  int rc = fm_vcoll_open(dir, 0, &p, &c, &err);
-  if (rc == FM_VEC_E_NOCOLL) {
+  int nr;
+  struct fm_vcoll *c = open_existing(L, dir, &nr);
+  if (!c) {
+    if (nr) return nr;
     lua_newtable(L);
     return 1;
   }
-  if (rc) return fail(L, rc, &err);
+  struct fm_err err = {0};
   if (qlen != 4 * fm_vcoll_dim(c)) {
     fm_err_set(&err, FM_VEC_E_DIM, "query vector: %zu dimensions, the collection has %zu",
                qlen / 4, fm_vcoll_dim(c));
     fm_vcoll_release(c);
     return fail(L, FM_VEC_E_DIM, &err);
   }
-  rc = fm_vcoll_search(c, (const unsigned char *)q, (size_t)k, filter, flen, &res->r, &res->n,
+  int rc = fm_vcoll_search(c, (const unsigned char *)q, (size_t)k, filter, flen, &res->r, &res->n,
                        &err);
   fm_vcoll_release(c);
   if (rc) return fail(L, rc, &err);
@@ -247,15 +259,13 @@ static int l_vector_search(lua_State *L) {
 
 static int l_vector_count(lua_State *L) {
   const char *dir = luaL_checkstring(L, 1);
-  struct fm_vcoll_params p = get_params();
-  struct fm_vcoll *c;
-  struct fm_err err = {0};
-  int rc = fm_vcoll_open(dir, 0, &p, &c, &err);
-  if (rc == FM_VEC_E_NOCOLL) {
+  int nr;
+  struct fm_vcoll *c = open_existing(L, dir, &nr);
+  if (!c) {
+    if (nr) return nr;
     lua_pushinteger(L, 0);
     return 1;
   }
-  if (rc) return fail(L, rc, &err);
   lua_pushinteger(L, (lua_Integer)fm_vcoll_count(c));
   fm_vcoll_release(c);
   return 1;
@@ -285,15 +295,13 @@ static int l_vector_ids(lua_State *L) {
   l->ids = NULL;
   l->n = 0;
   luaL_setmetatable(L, IDLIST_MT);
-  struct fm_vcoll_params p = get_params();
-  struct fm_vcoll *c;
-  struct fm_err err = {0};
-  int rc = fm_vcoll_open(dir, 0, &p, &c, &err);
-  if (rc == FM_VEC_E_NOCOLL) {
+  int nr;
+  struct fm_vcoll *c = open_existing(L, dir, &nr);
+  if (!c) {
+    if (nr) return nr;
     lua_newtable(L);
     return 1;
   }
-  if (rc) return fail(L, rc, &err);
   uint64_t next = fm_vcoll_ids(c, (uint64_t)after, (size_t)limit, &l->ids, &l->n);
   fm_vcoll_release(c);
   lua_createtable(L, (int)l->n, 0);
@@ -310,12 +318,12 @@ static int l_vector_get(lua_State *L) {
   const char *dir = luaL_checkstring(L, 1);
   size_t idlen;
   const char *id = luaL_checklstring(L, 2, &idlen);
-  struct fm_vcoll_params p = get_params();
-  struct fm_vcoll *c;
-  struct fm_err err = {0};
-  int rc = fm_vcoll_open(dir, 0, &p, &c, &err);
-  if (rc == FM_VEC_E_NOCOLL) return 0;
-  if (rc) return fail(L, rc, &err);
+  int nr;
+  struct fm_vcoll *c = open_existing(L, dir, &nr);
+  if (!c) {
+    if (nr) return nr;
+    return 0;
+  }
   size_t dim = fm_vcoll_dim(c);
   unsigned char *vec = lua_newuserdatauv(L, 4 * dim, 0);
   struct results *res = lua_newuserdatauv(L, sizeof *res, 0); /* owns meta until it is pushed */
