@@ -1,8 +1,9 @@
 -- fm.admin: the `admin` table of the admin REPL (`faultmaven repl`; docs/OPERATIONS.md).
 --
 -- The admin VM (engine/l_admin.c) sets the global `admin` to this module. It is a plain table of
--- functions: later issues add theirs (admin.cases(), admin.sessions(), ...) and a line to
--- M.help_text. Everything here reads engine state; only reload() and log_level(x) change it.
+-- functions (admin.playbooks is a callable table with .run): later issues add theirs
+-- (admin.cases(), admin.sessions(), ...) and a line to M.help_text. Everything here reads engine
+-- state; only reload() and log_level(x) change it.
 local engine = require "fm.engine"
 local log = require "fm.log"
 local core = require "fm.admin_core"
@@ -86,6 +87,8 @@ function M.reload_summary()
     local where = out.file and out.file ~= "" and
       (out.line and out.line > 0 and (out.file .. ":" .. out.line .. ": ") or (out.file .. ": "))
       or ""
+    -- playbook messages start with their file already
+    if where ~= "" and tostring(out.message or ""):sub(1, #out.file) == out.file then where = "" end
     lines[1] = "reload failed: " .. where .. tostring(out.message or "unknown error")
     lines[2] = ("generation %s still serving"):format(tostring(out.generation))
   end
@@ -122,7 +125,8 @@ end
 
 --- The playbooks of the serving generation and the load errors of the last failed build:
 -- {playbooks = {{id=, title=, version=, file=}, ...}, errors = {{file=, line=, message=}, ...}}.
-function M.playbooks()
+-- admin.playbooks() lists; admin.playbooks.run(id, case_id) tries one on a case (below).
+local function list_playbooks()
   local st = reload_status()
   local report = st and st.report or {}
   local out = { playbooks = {}, errors = {} }
@@ -137,6 +141,84 @@ function M.playbooks()
     out.errors[1] = { file = st.last.file, line = st.last.line, message = st.last.message }
   end
   return out
+end
+
+M.playbooks = setmetatable({}, { __call = function(_, ...) return list_playbooks(...) end })
+
+local READ_ONLY = "read-only: nothing was written to the case"
+
+-- Plain copies of runner output (strings, numbers, booleans and nested tables) for printing.
+local function plain(v, depth)
+  depth = depth or 0
+  if type(v) ~= "table" then
+    if type(v) == "function" or type(v) == "userdata" or type(v) == "thread" then return nil end
+    return v
+  end
+  if depth > 6 then return "(nested too deep)" end
+  local out = {}
+  for k, x in pairs(v) do
+    if type(k) == "string" or type(k) == "number" then out[k] = plain(x, depth + 1) end
+  end
+  return out
+end
+
+--- Runs one playbook against a stored case, as the investigation engine would, and returns what
+-- it produced: {note, playbook, case, score, reasons, findings, hypotheses, asks, conclusion,
+-- mitigations, solutions, runbooks, warnings, failures, elapsed_ms}. Read-only: the case is not
+-- changed. The playbooks are loaded from the files under FM_HOME now (an edit is seen without a
+-- reload); the evidence is the case's stored analysis.
+function M.playbooks.run(id, case_id)
+  if type(id) ~= "string" or id == "" or type(case_id) ~= "string" or case_id == "" then
+    error("playbooks.run: expected (playbook id, case id), for example "
+      .. "admin.playbooks.run(\"disk-full\", \"case_0123...\")", 2)
+  end
+  local playbooks = require "fm.playbooks"
+  local reg = playbooks.load_all()
+  local p = reg.by_id[id]
+  if not p then
+    for _, e in ipairs(reg.errors) do
+      if e.id == id or e.file == "playbooks/" .. id .. ".lua" then
+        error("playbooks.run: playbook '" .. id .. "' does not load: " .. e.message, 2)
+      end
+    end
+    local ids = {}
+    for _, q in ipairs(reg.list) do ids[#ids + 1] = q.id end
+    error(string.format("playbooks.run: no playbook '%s' (loaded: %s)", id,
+      #ids > 0 and table.concat(ids, ", ") or "none"), 2)
+  end
+  local db = require "fm.db"
+  local rows, qerr = db.query("SELECT * FROM cases WHERE id = ?", case_id)
+  if not rows then error("playbooks.run: cannot read the case: " .. tostring(qerr), 2) end
+  local row = rows[1]
+  if not row then error("playbooks.run: case '" .. case_id .. "' not found", 2) end
+  local ctx = require("fm.agent.case").context(row)
+  local res = require("fm.agent.runner").run(ctx, { registry = reg, only = id })
+  local m = res.matched and res.matched[1] or {}
+  local score
+  for _, s in ipairs(res.scores or {}) do if s.id == id then score = s end end
+  local hyps = {}
+  for _, h in ipairs(res.hypotheses or {}) do
+    hyps[#hyps + 1] = { key = h.key, statement = h.statement, category = h.category,
+                        likelihood = h.likelihood, evidence_for = plain(h.evidence_for),
+                        evidence_against = plain(h.evidence_against) }
+  end
+  local asks = {}
+  for _, a in ipairs(res.asks or {}) do
+    asks[#asks + 1] = { label = a.label, command = a.command, why = a.why,
+                        hypothesis = a.hypothesis }
+  end
+  return {
+    note = READ_ONLY,
+    playbook = { id = p.id, title = p.title, version = p.version, file = p.file },
+    case = { id = row.id, title = row.title, state = row.state, evidence = #ctx.evidence },
+    score = score and score.score or m.score, reasons = plain(score and score.reasons
+      or m.reasons),
+    findings = plain(m.findings or {}), hypotheses = hyps, asks = asks,
+    conclusion = plain(res.conclusion), mitigations = plain(res.mitigations or {}),
+    solutions = plain(res.solutions or {}), runbooks = plain(res.runbooks or {}),
+    warnings = plain(m.warnings or {}), failures = plain(res.failed or {}),
+    elapsed_ms = res.elapsed_ms,
+  }
 end
 
 --- How a setting's value is shown: secrets (spec.secret) masked when set.
@@ -214,6 +296,7 @@ M.help_text = {
   { "admin.reload()", "reload config.lua, lua/ and playbooks/ now; the outcome" },
   { "admin.routes()", "routes of the serving generation" },
   { "admin.playbooks()", "playbooks, and load errors of the last failed build" },
+  { "admin.playbooks.run(id, c)", "run playbook id on case c, read-only: what it finds" },
   { "admin.config()", "every setting, secrets masked" },
   { "admin.health()", "run every health check now" },
   { "admin.log_level([l])", "the log level; with l (debug, info, warn, error, off) set it" },
@@ -225,7 +308,7 @@ M.help_text = {
 --- Prints what the admin table offers.
 function M.help()
   local lines = { "admin functions:" }
-  for _, h in ipairs(M.help_text) do lines[#lines + 1] = ("  %-22s %s"):format(h[1], h[2]) end
+  for _, h in ipairs(M.help_text) do lines[#lines + 1] = ("  %-27s %s"):format(h[1], h[2]) end
   lines[#lines + 1] = "Any Lua runs here, with require(\"fm.*\") modules; globals persist."
   lines[#lines + 1] = "Expressions print their value; Ctrl-C cancels a running command."
   print(table.concat(lines, "\n"))

@@ -22,12 +22,16 @@ local function probe(marker) return PROBE:format(marker) end
 
 local PLAYBOOK = [[
 return { id = %q, title = "Disk full", version = "1.0.0",
-         description = "A filesystem ran out of space." }
+         description = "A filesystem ran out of space.", tags = { "disk" },
+         category = "environment", match = function() return 0 end,
+         steps = { { name = "look", run = function() end } } }
 ]]
 
 -- Starts an engine on a fresh copy of the tree with lua/probe.lua as an extra route module.
 local function start(env)
   local home = helpers.copy_home()
+  -- the specs below add their own playbooks (the tree's would collide with their ids)
+  assert(helpers.shell("rm -rf " .. helpers.shell_quote(home .. "/playbooks")))
   helpers.write_file(home .. "/lua/probe.lua", probe("v1"))
   local e = {
     FM_HOME = home,
