@@ -129,6 +129,10 @@ M.specs = {
   { env = "FM_PLAYBOOK_MEMORY_MB", key = "playbook_memory_mb", reload = true, kind = "int",
     min = 1, max = 4096, default = 16,
     doc = "Memory one playbook run may allocate above what its VM held when it started." },
+  { env = "AGENT_REQUEST_TIMEOUT", key = "agent_request_timeout", reload = true, kind = "number",
+    min = 1, max = 3600, default = 120,
+    doc = "Seconds the investigation of one turn may take (playbooks, LLM steps); past it the "
+      .. "turn answers 504 REQUEST_TIMEOUT, stores nothing and may be retried." },
   { env = "DATABASE_URL", key = "database_url", kind = "string", mask = mask_url,
     check = check_url,
     default = function(s) return "sqlite:///" .. s.data_dir .. "/faultmaven.db" end,

@@ -103,10 +103,11 @@ for _, setup in ipairs(setups) do
       local t = r.json()
       assert.equal(1, t.turn_number)
       assert.equal("inquiry", t.case_state)
-      assert.is_false(t.progress_made)
-      assert.same({}, t.milestones_completed)
-      assert.same({}, t.suggested_actions)
-      assert.matches("No investigation ran", t.agent_response, 1, true)
+      -- the answer is the investigation engine's (spec/api/19-turns_agent_spec.lua covers it)
+      assert.is_boolean(t.progress_made)
+      assert.is_table(t.milestones_completed)
+      assert.is_true(#t.suggested_actions >= 2 and #t.suggested_actions <= 4)
+      assert.is_true(#t.agent_response > 0)
       assert.equal(1, #t.attachments_processed)
       local a = t.attachments_processed[1]
       assert.matches("^file_%x+$", a.file_id)
@@ -168,11 +169,13 @@ for _, setup in ipairs(setups) do
       assert.equal(1, list.total_count)
       local ev = list.evidence[1]
       assert.matches("^ev_%x+$", ev.evidence_id)
-      assert.equal("symptom_evidence", ev.category)
+      -- the investigation engine classifies it (spec/api/19-turns_agent_spec.lua)
+      assert.is_truthy(({ symptom_evidence = 1, causal_evidence = 1, symptom_absence_evidence = 1,
+        causal_absence_evidence = 1 })[ev.category], ev.category)
       assert.equal(1, ev.collected_at_turn)
       assert.same({ file_id = a.file_id, filename = "ev.log", uploaded_at_turn = 1 },
         ev.source_file)
-      assert.same({}, ev.related_hypotheses)
+      assert.is_table(ev.related_hypotheses)
       assert.is_true(#ev.analysis > 0 and #ev.analysis <= 10000)
       local d = req("GET", base .. "/" .. ev.evidence_id)
       assert.equal(200, d.status, d.body)

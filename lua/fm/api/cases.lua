@@ -1,7 +1,6 @@
 -- /api/v1/cases: the cases API (API.md Tier 1). Every route needs a bearer token (and checks an
 -- X-Session-Id if one is sent) and sees only the caller's cases.
 local cases = require "fm.services.cases"
-local errors = require "fm.errors"
 local protect = require("fm.services.sessions").protect
 local KB = 1024
 
@@ -69,7 +68,6 @@ return function(r)
   end))
 
   r:get("/api/v1/cases/{case_id}/ui", protect(function(req)
-    cases.get_row(req.user, req.params.case_id)
-    errors.raise(501, "the case UI view comes with the investigation engine (turns)")
+    return 200, cases.ui(cases.get_row(req.user, req.params.case_id))
   end))
 end

@@ -1,12 +1,15 @@
 -- fm.services.cases: cases and their messages, scoped to one user (another user's case does not
 -- exist: 404). Every write that can race is guarded: updates carry the version they read
 -- (optimistic concurrency, 409 CASE_VERSION_CONFLICT), creates with an Idempotency-Key run in one
--- transaction with the key's row.
+-- transaction with the key's row. The investigation views (GET /ui, the TurnResponse's
+-- progress_transparency and cause assurance) read what fm.services.turns stores: the case's
+-- investigation JSON, milestones, hypotheses, solutions and evidence categories.
 local crypto = require "fm.crypto"
 local db = require "fm.db"
 local errors = require "fm.errors"
 local idempotency = require "fm.services.idempotency"
 local json = require "fm.json"
+local lifecycle = require "fm.agent.lifecycle"
 local time = require "fm.time"
 
 local M = {}
@@ -14,18 +17,14 @@ local M = {}
 local null = json.null
 local array_mt = json.array_mt
 
-M.STATES = { inquiry = true, investigating = true, resolved = true, closed = true }
-M.TERMINAL = { resolved = true, closed = true }
--- The contract's lifecycle: inquiry -> investigating -> resolved | closed; inquiry may go straight
--- to resolved or closed.
-M.NEXT = { inquiry = { "investigating", "resolved", "closed" },
-           investigating = { "resolved", "closed" }, resolved = {}, closed = {} }
-M.CLOSURE_REASONS = { inquiry_only = true, solution_deferred = true,
-                      closed_rca_infeasible = true, mitigation_sufficient = true,
-                      closed_insufficient_evidence = true }
-M.MILESTONES = { "symptom_verified", "root_cause_identified", "solution_proposed",
-                 "mitigation_accepted", "mitigation_verified", "solution_accepted",
-                 "solution_verified" }
+-- The contract's lifecycle (fm.agent.lifecycle has it once): inquiry -> investigating ->
+-- resolved | closed; inquiry may go straight to resolved or closed. NEXT lists the next states
+-- in order.
+M.STATES = lifecycle.STATES
+M.TERMINAL = lifecycle.TERMINAL
+M.NEXT = lifecycle.NEXT_LIST
+M.CLOSURE_REASONS = lifecycle.CLOSURE_REASONS
+M.MILESTONES = lifecycle.MILESTONES
 
 local check = require "fm.db.check"
 
@@ -373,6 +372,287 @@ function M.set_archived(user, id, archived)
   return M.summary(M.get_row(user, id))
 end
 
+M.CATEGORIES = {}
+for c in ("code config environment network data database hardware security external human "
+  .. "other"):gmatch("%a+") do M.CATEGORIES[c] = true end
+local CATEGORIES = M.CATEGORIES
+
+-- ---- the investigation views (TurnResponse, GET /ui) ------------------------------------------
+
+local INDICATORS = { symptom_verified = true, root_cause_identified = true,
+                     solution_proposed = true }
+local MILESTONE_TEXT = {
+  symptom_verified = "Confirm the symptom with evidence (logs, metrics, command output)",
+  root_cause_identified = "Identify the root cause from the evidence",
+  solution_proposed = "Propose a fix for the root cause",
+  mitigation_accepted = "Accept a mitigation to stop the impact",
+  mitigation_verified = "Verify that the mitigation stopped the impact",
+  solution_accepted = "Accept the proposed fix",
+  solution_verified = "Verify with fresh evidence that the fix removed the problem",
+}
+
+local function decode_obj(text)
+  local v = type(text) == "string" and json.decode(text) or nil
+  if type(v) ~= "table" or json.is_array(v) then return {} end
+  return v
+end
+
+local function set_of(list)
+  local s = {}
+  for _, v in ipairs(type(list) == "table" and list or {}) do s[v] = true end
+  return s
+end
+
+-- The milestone this stage waits for next (nil outside an investigation or when all are done).
+local function pending_milestone(stage, done)
+  local order = { "symptom_verified", "root_cause_identified", "solution_proposed" }
+  if stage == "mitigation" then
+    order[#order + 1], order[#order + 2] = "mitigation_accepted", "mitigation_verified"
+  else
+    order[#order + 1], order[#order + 2] = "solution_accepted", "solution_verified"
+  end
+  for _, m in ipairs(order) do if not done[m] then return m end end
+  return nil
+end
+
+--- The assurance of the case's stated root cause: nil, nil when none was stated; else a grade
+-- and whether the conclusion claims more than the grade supports. Grades: "no_root" (no
+-- validated hypothesis behind it), "mechanistic" (a validated hypothesis, its removal not yet
+-- observed), "confirmed" (the fix was verified, or evidence shows the cause absent and the
+-- problem gone). Overclaim: a conclusion of confidence >= 0.9 that is not "confirmed".
+function M.assurance(case_id, inv, done)
+  local rc = inv.root_cause
+  if type(rc) ~= "table" then return nil, nil end
+  local validated = check(db.query("SELECT item_key FROM hypotheses WHERE case_id = ? "
+    .. "AND status = 'validated'", case_id))
+  local grade
+  if #validated == 0 then
+    grade = "no_root"
+  elseif done.solution_verified or done.mitigation_verified then
+    grade = "confirmed"
+  else
+    grade = "mechanistic"
+    local keys = {}
+    for _, h in ipairs(validated) do if h.item_key then keys[h.item_key] = true end end
+    for _, e in ipairs(check(db.query("SELECT data FROM evidence WHERE case_id = ? AND "
+      .. "category = 'causal_absence_evidence'", case_id))) do
+      for _, l in ipairs(decode_obj(e.data).hypotheses or {}) do
+        if type(l) == "table" and keys[l.key] and l.stance ~= "against" then
+          grade = "confirmed"
+        end
+      end
+    end
+  end
+  if type(inv.cause_assurance) == "string" then grade = inv.cause_assurance end
+  return grade, (tonumber(rc.confidence) or 0) >= 0.9 and grade ~= "confirmed"
+end
+
+--- {progress_transparency, cause_assurance, cause_overclaim} of a case (JSON nulls where
+-- nothing applies).
+function M.investigation_view(case_id, state, stage, milestones, inv)
+  local done = set_of(milestones)
+  local grade, overclaim = M.assurance(case_id, inv, done)
+  local active = state == "investigating"
+  local pending = active and pending_milestone(stage, done) or nil
+  local repair = (stage == "mitigation" and "mitigation")
+    or (stage == "treatment" and "solution") or nil
+  local verification
+  if repair then
+    local v, a = repair .. "_verified", repair .. "_accepted"
+    if repair == "solution" then v, a = "solution_verified", "solution_accepted" end
+    verification = done[v] and "verified" or done[a] and "awaiting_verification"
+      or "not_started"
+  elseif done.solution_verified then
+    verification = "verified"
+  end
+  return {
+    progress_transparency = { active = active, cause_assurance = n(grade),
+      milestone_description = n(pending and MILESTONE_TEXT[pending]),
+      pending_milestone = n(pending), repair_type = n(repair),
+      verification_status = n(verification) },
+    cause_assurance = n(grade), cause_overclaim = n(overclaim),
+  }
+end
+
+local function iso_epoch(s)
+  local y, mo, d, h, mi, sec = tostring(s or ""):match("^(%d+)%-(%d+)%-(%d+)T(%d+):(%d+):(%d+)")
+  if not y then return nil end
+  -- os.time reads a local time: the offset of the epoch in this zone corrects it to UTC
+  local t = os.time({ year = y, month = mo, day = d, hour = h, min = mi, sec = sec })
+  local off = os.time(os.date("!*t", 0)) -- local seconds at the epoch's UTC wall clock
+  return t - off
+end
+
+local function hypothesis_rows(case_id)
+  local out = {}
+  for i, r in ipairs(check(db.query("SELECT * FROM hypotheses WHERE case_id = ? "
+    .. "ORDER BY confidence DESC, created_at, id", case_id))) do
+    r.d = decode_obj(r.data)
+    out[i] = r
+  end
+  return out
+end
+
+local function evidence_count_of(h)
+  local function len(t) return type(t) == "table" and #t or 0 end
+  return len(h.d.evidence_for) + len(h.d.evidence_against)
+end
+
+-- The labels of the suggested actions of the case's last answer.
+local function next_actions(case_id)
+  local m = check(db.query("SELECT metadata FROM case_messages WHERE case_id = ? AND "
+    .. "role = 'assistant' ORDER BY turn_number DESC, created_at DESC LIMIT 1", case_id))[1]
+  local out = {}
+  for _, a in ipairs(decode_obj(m and m.metadata).suggested_actions or {}) do
+    if type(a) == "table" and type(a.label) == "string" then out[#out + 1] = a.label end
+  end
+  return arr(out)
+end
+
+local function latest_evidence(case_id, limit)
+  local rows = check(db.query("SELECT e.*, f.filename AS f_filename FROM evidence e LEFT JOIN "
+    .. "uploaded_files f ON f.id = e.file_id WHERE e.case_id = ? ORDER BY e.turn_number DESC, "
+    .. "e.created_at DESC, e.id LIMIT ?", case_id, limit))
+  local out = {}
+  for i, e in ipairs(rows) do
+    local links = decode_obj(e.data).hypotheses
+    out[i] = { evidence_id = e.id, category = e.category, collected_at_turn = int(e.turn_number),
+               relevance_score = (type(links) == "table" and #links > 0) and 1.0 or 0.5,
+               source_filename = n(e.f_filename), summary = e.summary or "",
+               timestamp = e.created_at, type = e.source_type }
+  end
+  return arr(out)
+end
+
+--- The CaseUIResponse of a case: _Inquiry, _Investigating or _Resolved (resolved and closed),
+-- chosen by its state.
+function M.ui(row)
+  local inv = decode_obj(row.investigation)
+  local milestones = json.decode(row.milestones or "[]") or {}
+  local done = set_of(milestones)
+  local next_states = {}
+  for _, s in ipairs(M.NEXT[row.state] or {}) do next_states[#next_states + 1] = s end
+  local ui = {
+    case_id = row.id, created_at = row.created_at, current_turn = int(row.current_turn),
+    title = row.title, updated_at = row.updated_at, state = row.state,
+    uploaded_files_count = count("SELECT COUNT(*) AS n FROM uploaded_files WHERE case_id = ?",
+      row.id),
+    valid_next_states = arr(next_states),
+  }
+  local statement = inv.problem_statement or inv.proposed_problem_statement
+  if row.state == "inquiry" then
+    ui.inquiry = {
+      decided_to_investigate = inv.problem_confirmed == true,
+      inquiry_turns = math.tointeger(inv.inquiry_turns) or int(row.current_turn),
+      problem_confirmation = {
+        problem_statement_confirmed = inv.problem_confirmed == true,
+        proposed_problem_statement = n(inv.proposed_problem_statement or inv.problem_statement),
+      },
+    }
+    return ui
+  end
+  local hyps = hypothesis_rows(row.id)
+  local total_evidence = count("SELECT COUNT(*) AS n FROM evidence WHERE case_id = ?", row.id)
+  if row.state == "investigating" then
+    local active, n_active = {}, 0
+    for _, h in ipairs(hyps) do
+      if h.status ~= "retired" then
+        active[#active + 1] = { hypothesis_id = h.id, text = h.statement, state = h.status,
+          likelihood = tonumber(h.confidence) or 0, evidence_count = evidence_count_of(h),
+          refutation_reason = n(h.d.refutation_reason) }
+      end
+      if h.status == "active" or h.status == "captured" or h.status == "validated" then
+        n_active = n_active + 1
+      end
+    end
+    local indicators, gates = {}, {}
+    for _, m in ipairs(milestones) do
+      if INDICATORS[m] then indicators[#indicators + 1] = m else gates[#gates + 1] = m end
+    end
+    local view = M.investigation_view(row.id, row.state, row.stage, milestones, inv)
+    local wc = inv.working_conclusion
+    local pending = type(inv.pending_transition) == "table"
+    ui.active_hypotheses = arr(active)
+    ui.agent_status = pending and "awaiting_confirmation"
+      or (view.progress_transparency.pending_milestone ~= null and "investigating")
+      or "awaiting_user"
+    ui.latest_evidence = latest_evidence(row.id, 5)
+    ui.next_actions = next_actions(row.id)
+    ui.problem_statement = n(statement)
+    ui.progress = { active_hypotheses = n_active, completed_indicators = arr(indicators),
+      completed_stage_gates = arr(gates), current_stage = row.stage or "diagnosis",
+      total_evidence = total_evidence,
+      turns_without_progress = int(row.turns_without_progress) }
+    ui.working_conclusion = type(wc) == "table" and {
+      summary = tostring(wc.summary or ""), confidence = tonumber(wc.confidence) or 0,
+      last_updated = wc.last_updated or row.updated_at } or null
+    ui.progress_transparency = view.progress_transparency
+    return ui
+  end
+  -- resolved or closed
+  local ended = row.resolved_at or row.closed_at or row.updated_at
+  local grade, overclaim = M.assurance(row.id, inv, done)
+  local rc = type(inv.root_cause) == "table" and inv.root_cause or nil
+  local tested = 0
+  for _, h in ipairs(hyps) do
+    if h.status ~= "captured" and h.status ~= "active" then tested = tested + 1 end
+  end
+  local sol = check(db.query("SELECT * FROM solutions WHERE case_id = ? ORDER BY "
+    .. "CASE status WHEN 'verified' THEN 0 WHEN 'applied' THEN 1 WHEN 'accepted' THEN 2 "
+    .. "ELSE 3 END, updated_at DESC, id LIMIT 1", row.id))[1]
+  local sd = sol and decode_obj(sol.data) or {}
+  local applied = sol and (sol.status == "applied" or sol.status == "verified")
+  local insights = {}
+  if rc and type(rc.description) == "string" then insights[#insights + 1] = rc.description end
+  if applied then insights[#insights + 1] = "Fix applied: " .. (sd.title or sol.description) end
+  if row.closure_reason then insights[#insights + 1] = "Closed: " .. row.closure_reason end
+  local t0, t1 = iso_epoch(row.created_at), iso_epoch(ended)
+  ui.problem_statement = n(statement)
+  ui.resolved_at = ended
+  ui.resolution_summary = {
+    evidence_collected = total_evidence, hypotheses_tested = tested,
+    key_insights = arr(insights), milestones_completed = #milestones,
+    total_duration_minutes = (t0 and t1) and math.max(0, (t1 - t0) // 60) or 0,
+  }
+  ui.root_cause = {
+    root_cause_id = rc and tostring(rc.root_cause_id or rc.hypothesis or "rc_" .. row.id)
+      or "none",
+    description = rc and tostring(rc.description or "") or "no root cause was identified",
+    category = rc and CATEGORIES[rc.category] and rc.category or "other",
+    severity = rc and tostring(rc.severity or "medium") or "unknown",
+    cause_assurance = grade or "no_root", cause_overclaim = overclaim == true,
+  }
+  ui.solution_applied = {
+    description = applied and (sd.title or sol.description) or "no solution was applied",
+    applied_at = applied and sol.updated_at or ended,
+    applied_by = applied and row.user_id or "",
+  }
+  -- the fix is verified by evidence collected after it that shows the problem gone
+  local verified = done.solution_verified == true
+    or (row.state == "closed" and done.mitigation_verified == true)
+  local proof = verified and check(db.query("SELECT e.turn_number, f.filename AS f_filename "
+    .. "FROM evidence e LEFT JOIN uploaded_files f ON f.id = e.file_id WHERE e.case_id = ? AND "
+    .. "e.category IN ('symptom_absence_evidence', 'causal_absence_evidence') "
+    .. "ORDER BY e.turn_number DESC, e.created_at DESC LIMIT 1", row.id))[1]
+  local details
+  if verified then
+    details = (done.solution_verified and "the fix" or "the mitigation")
+      .. " was verified: evidence collected after it shows the problem gone"
+    if proof then
+      details = details .. string.format(" (%s, turn %d)", proof.f_filename or "evidence",
+        int(proof.turn_number))
+    end
+  elseif row.state == "closed" then
+    details = "closed without a verified fix (" .. tostring(row.closure_reason
+      or "no reason given") .. ")"
+  else
+    details = "not verified"
+  end
+  ui.verification_status = { verified = verified,
+    verification_method = verified and "evidence_recheck" or "none", details = details }
+  return ui
+end
+
 -- ---- titles ---------------------------------------------------------------------------------
 
 local STOP = {}
@@ -394,6 +674,25 @@ function M.heuristic_title(text, max_words)
   return (t:gsub("^%l", string.upper))
 end
 
+--- A title from a problem statement: its first sentence without parenthetical asides, cut to
+-- max_words words (filler words kept inside, dropped at the end).
+function M.statement_title(text, max_words)
+  max_words = max_words or 8
+  local s = tostring(text or ""):gsub("%b()", ""):gsub("%b[]", ""):gsub("%s+([,:;])", "%1")
+  local sentence = s:match("^%s*(.-)%.%s") or s:match("^%s*(.-)%.?%s*$") or ""
+  sentence = sentence:match("^[^\n]*")
+  local words = {}
+  for w in sentence:gmatch("%S+") do
+    words[#words + 1] = w
+    if #words >= max_words then break end
+  end
+  while #words > 1 and STOP[words[#words]:lower():gsub("%p+$", "")] do words[#words] = nil end
+  if #words == 0 then return nil end
+  local t = table.concat(words, " "):gsub("[%s%p]+$", "")
+  if t == "" then return nil end
+  return (t:gsub("^%l", string.upper))
+end
+
 function M.title(user, id, body, force)
   local row = M.get_row(user, id)
   body = type(body) == "table" and body or {}
@@ -408,15 +707,28 @@ function M.title(user, id, body, force)
   end
   local auto = row.title:match("^Case%-%d%d%d%d%d%d%-%d+$") ~= nil
   if not auto and not force then return row.title, "existing" end
-  local first = check(db.query("SELECT content FROM case_messages WHERE case_id = ? AND "
-    .. "role = 'user' ORDER BY created_at, id LIMIT 1", id))[1]
-  local hint = type(body.hint) == "string" and body.hint or nil
-  local title = M.heuristic_title(hint or row.description ~= "" and row.description
-    or (first and first.content), max_words)
+  -- the case's own account of its problem first: the problem statement (confirmed, else
+  -- proposed), then the client's hint, the description, the first thing the user wrote
+  local inv = decode_obj(row.investigation)
+  local statement = inv.problem_statement or inv.proposed_problem_statement
+  local title, how
+  if type(statement) == "string" then
+    title, how = M.statement_title(statement, max_words), "problem_statement"
+  end
+  if not title then
+    local first
+    for _, m in ipairs(check(db.query("SELECT content FROM case_messages WHERE case_id = ? AND "
+      .. "role = 'user' ORDER BY turn_number, created_at, id LIMIT 20", id))) do
+      if not m.content:match("^%s*%[") then first = m.content break end
+    end
+    local hint = type(body.hint) == "string" and body.hint or nil
+    title, how = M.heuristic_title(hint or row.description ~= "" and row.description
+      or first, max_words), "heuristic"
+  end
   if not title then return row.title, "existing" end
   check(db.exec("UPDATE cases SET title = ?, updated_at = ?, version = version + 1 WHERE id = ? "
     .. "AND user_id = ?", title, time.iso8601(), id, user.id))
-  return title, "heuristic"
+  return title, how
 end
 
 return M

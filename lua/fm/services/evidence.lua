@@ -1,7 +1,8 @@
 -- fm.services.evidence: a case's evidence (GET /api/v1/cases/{id}/evidence and /evidence/{eid},
 -- API.md Tier 2) in the contract's EvidenceDetailsResponse shape. Evidence rows are written with
--- each upload (fm.services.uploads); hypotheses that relate to them come with the investigation
--- engine, so related_hypotheses is empty until then.
+-- each upload (fm.services.uploads); the investigation (fm.services.turns) sets their category
+-- and links them to hypotheses (evidence.data = {hypotheses = [{key, stance}]}), shown as
+-- related_hypotheses with the hypotheses' ids and statements.
 local db = require "fm.db"
 local errors = require "fm.errors"
 local json = require "fm.json"
@@ -17,7 +18,31 @@ local function int(v) return math.tointeger(tonumber(v)) or 0 end
 local SELECT = "SELECT e.*, f.filename AS f_filename, f.turn_number AS f_turn, "
   .. "f.user_id AS f_user FROM evidence e LEFT JOIN uploaded_files f ON f.id = e.file_id "
 
-local function shape(row, case_row)
+-- The case's hypotheses by key: {id, statement}.
+local function hypotheses_by_key(case_id)
+  local out = {}
+  for _, h in ipairs(check(db.query("SELECT id, statement, item_key FROM hypotheses WHERE "
+    .. "case_id = ?", case_id))) do
+    if h.item_key then out[h.item_key] = h end
+  end
+  return out
+end
+
+local function related(row, hyps)
+  local d = row.data and json.decode(row.data)
+  local out = {}
+  if type(d) ~= "table" or type(d.hypotheses) ~= "table" then return arr(out) end
+  for _, l in ipairs(d.hypotheses) do
+    local h = type(l) == "table" and hyps[l.key]
+    if h then
+      out[#out + 1] = { hypothesis_id = h.id, statement = h.statement,
+                        stance = l.stance == "against" and "against" or "for" }
+    end
+  end
+  return arr(out)
+end
+
+local function shape(row, case_row, hyps)
   local source = null
   if row.file_id and row.f_filename then
     source = { file_id = row.file_id, filename = row.f_filename,
@@ -29,7 +54,7 @@ local function shape(row, case_row)
     summary = row.summary or "", analysis = row.content or null, extract = null,
     collected_at = row.created_at, collected_at_turn = int(row.turn_number),
     collected_by = row.f_user or case_row.user_id, source_type = row.source_type,
-    source_file = source, related_hypotheses = arr(),
+    source_file = source, related_hypotheses = related(row, hyps),
   }
 end
 
@@ -40,8 +65,8 @@ function M.list(case_row, q, paging)
     .. "LIMIT ? OFFSET ?", case_row.id, limit, offset))
   local total = int(check(db.query("SELECT COUNT(*) AS n FROM evidence WHERE case_id = ?",
     case_row.id))[1].n)
-  local out = {}
-  for i, r in ipairs(rows) do out[i] = shape(r, case_row) end
+  local out, hyps = {}, hypotheses_by_key(case_row.id)
+  for i, r in ipairs(rows) do out[i] = shape(r, case_row, hyps) end
   return { case_id = case_row.id, evidence = arr(out), total_count = total, limit = limit,
            offset = offset, has_more = offset + #out < total }
 end
@@ -53,7 +78,7 @@ function M.get(case_row, eid)
   end
   local row = check(db.query(SELECT .. "WHERE e.id = ? AND e.case_id = ?", eid, case_row.id))[1]
   if not row then errors.raise(404, "evidence not found") end
-  return shape(row, case_row)
+  return shape(row, case_row, hypotheses_by_key(case_row.id))
 end
 
 return M

@@ -1,19 +1,27 @@
--- fm.services.turns: POST /api/v1/cases/{id}/turns (API.md Tier 1), the intake half.
+-- fm.services.turns: POST /api/v1/cases/{id}/turns (API.md Tier 1): one turn of an
+-- investigation.
 --
 -- A turn is a multipart form (or, for curl users, a JSON object) with at most one file, pasted
--- content, a query and the contract's other fields. Its evidence is stored and analysed
--- (fm.services.uploads), the case's turn counter moves, the user's message and the answer are
--- recorded, all in one transaction; an Idempotency-Key makes a retry answer the same turn.
---
--- The answer: until the investigation engine (playbooks, agent) exists, agent_response is an
--- acknowledgement that says what was received and what the analysis found, and says plainly
--- that no investigation ran. M.respond is the one place that changes when it lands.
+-- content, a query, an intent and the contract's other fields. In order: the case (404, 409
+-- CASE_TERMINAL), the input (422s, 413, 415), the Idempotency-Key (fm.services.idempotency), the
+-- case's turn lock (one turn of a case at a time: 409 TURN_IN_PROGRESS), the evidence analysed
+-- and stored (fm.services.uploads, outside any transaction, its ids chosen first), the agent
+-- (fm.agent.turn, outside any transaction, at most AGENT_REQUEST_TIMEOUT: else 504
+-- REQUEST_TIMEOUT and nothing of the turn is kept), then ONE transaction: the turn counter, the
+-- upload rows, the user's message and the answer, the agent's TurnOutput applied (case state,
+-- stage, milestones, investigation JSON, hypotheses, solutions, evidence classification), the
+-- lock released and the key's answer stored. A failure anywhere releases the lock and the key
+-- and removes the stored objects; a lock left by a worker that died goes stale after
+-- AGENT_REQUEST_TIMEOUT + M.LOCK_MARGIN_S.
 local cases = require "fm.services.cases"
 local crypto = require "fm.crypto"
 local db = require "fm.db"
 local errors = require "fm.errors"
 local idempotency = require "fm.services.idempotency"
 local json = require "fm.json"
+local output = require "fm.agent.output"
+local log = require "fm.log"
+local settings = require "fm.settings"
 local time = require "fm.time"
 local uploads = require "fm.services.uploads"
 local check = require "fm.db.check"
@@ -132,7 +140,11 @@ function M.parse(req)
                          "intent_data" }) do
     local v = input[name]
     if v ~= nil and not utf8.len(v) then invalid({ "body", name }, "must be valid UTF-8") end
-    if v == "" then input[name] = nil end
+    -- PostgreSQL text cannot hold NUL; refused on every backend alike
+    if v ~= nil and v:find("\0", 1, true) then
+      invalid({ "body", name }, "must not contain NUL characters")
+    end
+    if v ~= nil and not v:find("%S") then input[name] = nil end
   end
   if input.pasted == "" then input.pasted = nil end
   if input.input_type and not M.INPUT_TYPES[input.input_type] then
@@ -163,7 +175,8 @@ function M.parse(req)
   if input.file and input.file.size == 0 then
     invalid({ "body", "files" }, "the file is empty")
   end
-  if not (input.query or input.pasted or input.pasted_file or input.file or input.intent) then
+  if not (input.query or input.pasted or input.pasted_file or input.file or input.intent
+    or input.intent_type) then
     invalid({ "body" }, "a turn needs a query, a file, pasted content or an intent", "missing")
   end
   return input
@@ -205,76 +218,326 @@ local function user_message(input, names)
   return text
 end
 
---- The answer of a turn. Until the investigation engine exists: an honest acknowledgement.
-function M.respond(_, input, prepared)
-  local lines = {}
-  for _, p in ipairs(prepared) do
-    local a = p.duplicate or p
-    if p.duplicate then
-      lines[#lines + 1] = string.format("- `%s` has the same content as `%s` (turn %d): not "
-        .. "stored again.", p.display_name, a.filename, int(a.turn_number))
-    else
-      lines[#lines + 1] = string.format("- `%s` (%s) stored; analysis %s: %s", a.filename,
-        uploads.size_display(a.size_bytes), a.analysis_status, a.summary or "")
-    end
-  end
-  local out = {}
-  if #lines > 0 then
-    out[#out + 1] = "**Evidence received**\n\n" .. table.concat(lines, "\n")
-  end
-  if input.query then out[#out + 1] = "Your question is recorded on the case." end
-  out[#out + 1] = "_No investigation ran: this engine does not have its troubleshooting "
-    .. "playbooks and agent yet. The evidence is stored and analysed and will be used when "
-    .. "they are available._"
-  return table.concat(out, "\n\n"), { progress_made = false, suggested_actions = arr() }
-end
-
 local function terminal(row)
   errors.raise(409, "the case is " .. row.state .. ": it takes no more turns",
     { ["x-error-code"] = "CASE_TERMINAL" })
 end
 
--- The work of a turn: evidence stored first (outside any transaction), then one transaction.
-local function run(user, row, input, idem)
-  local prepared = {}
-  local function discard_all()
-    for _, p in ipairs(prepared) do if not p.duplicate then uploads.discard(p) end end
+-- ---- intents ----------------------------------------------------------------------------------
+
+local INTENT_FIELDS = { type = "string", from_state = "string", to_state = "string",
+                        user_confirmed = "boolean", hypothesis_id = "string", action = "string",
+                        closure_reason = "string", reason = "string" }
+local ACTIONS = { validate = true, refute = true, retire = true }
+
+-- The intent's fields checked against the contract and the case (what can be refused before
+-- anything runs is refused with a 422 naming the field). Returns the intent type (or nil).
+local function check_intent(row, input)
+  local d = input.intent
+  local function bad(field, msg, typ)
+    invalid({ "body", "intent_data", field }, msg, typ)
   end
-  local ok, err = pcall(function()
-    if input.file then
-      local name = uploads.display_name(input.file.filename)
-      local p = uploads.prepare(user, row.id, {
-        path = input.file.file, text = input.file.value, filename = name,
-        content_type = input.file.content_type, sha256 = input.file_sha, size = input.file_size,
-        upload_source = input.input_type == "page_capture" and "page_capture" or "file",
-        source_url = input.source_url, observed_at = input.observed_at })
-      p.display_name = name
-      prepared[#prepared + 1] = p
+  if not d then
+    if input.intent_type == "hypothesis_action" or input.intent_type == "status_transition" then
+      invalid({ "body", "intent_data" }, input.intent_type .. " needs intent_data", "missing")
     end
-    if input.pasted or input.pasted_file then
-      local name = input.input_type == "page_capture" and "page-capture.txt" or "pasted-content.txt"
-      local p = uploads.prepare(user, row.id, {
-        path = input.pasted_file and input.pasted_file.file, text = input.pasted,
-        sha256 = input.pasted_sha, size = input.pasted_size, filename = name,
-        content_type = "text/plain",
-        upload_source = input.input_type == "page_capture" and "page_capture" or "paste",
-        source_url = input.source_url, observed_at = input.observed_at })
-      p.display_name = name
-      prepared[#prepared + 1] = p
+    return input.intent_type
+  end
+  for k, v in pairs(d) do
+    local want = INTENT_FIELDS[k]
+    if want and v ~= null and type(v) ~= want then bad(k, "must be a " .. want, "type_error") end
+    if type(v) == "string" and (#v > 1000 or v:find("\0", 1, true)) then
+      bad(k, "at most 1000 bytes, no NUL")
     end
-  end)
+  end
+  local typ = d.type ~= null and d.type or nil
+  if typ and not M.INTENT_TYPES[typ] then
+    bad("type", "must be one of conversation, status_transition, confirmation, "
+      .. "hypothesis_action", "enum")
+  end
+  if typ and input.intent_type and typ ~= input.intent_type then
+    bad("type", "differs from intent_type")
+  end
+  typ = typ or input.intent_type
+  if typ == "status_transition" then
+    local to = d.to_state
+    if type(to) ~= "string" then bad("to_state", "field required", "missing") end
+    if not cases.STATES[to] then
+      bad("to_state", "must be one of inquiry, investigating, resolved, closed", "enum")
+    end
+    local allowed = false
+    for _, s in ipairs(cases.NEXT[row.state] or {}) do if s == to then allowed = true end end
+    if not allowed then
+      bad("to_state", string.format("cannot go from %s to %s (allowed: %s)", row.state, to,
+        table.concat(cases.NEXT[row.state] or {}, ", ")))
+    end
+    if d.closure_reason ~= nil and d.closure_reason ~= null
+      and not cases.CLOSURE_REASONS[d.closure_reason] then
+      bad("closure_reason", "not a closure reason", "enum")
+    end
+  elseif typ == "hypothesis_action" then
+    local hid = d.hypothesis_id
+    if type(hid) ~= "string" then bad("hypothesis_id", "field required", "missing") end
+    if type(d.action) ~= "string" or not ACTIONS[d.action] then
+      bad("action", "must be one of validate, refute, retire", "enum")
+    end
+    local found = #hid <= 64 and hid:match("^hyp_%x+$") and check(db.query(
+      "SELECT id FROM hypotheses WHERE id = ? AND case_id = ?", hid, row.id))[1]
+    if not found then bad("hypothesis_id", "no such hypothesis on this case") end
+  end
+  return typ
+end
+
+-- ---- the turn lock ----------------------------------------------------------------------------
+
+--- Seconds one turn's investigation may take (AGENT_REQUEST_TIMEOUT).
+function M.timeout_s()
+  return tonumber(settings.agent_request_timeout) or 120
+end
+
+-- A lock older than the timeout and this margin was left by a worker that died mid-turn.
+M.LOCK_MARGIN_S = 60
+
+local function busy()
+  errors.raise(409, "another turn of this case is in progress; retry when it has finished",
+    { ["x-error-code"] = "TURN_IN_PROGRESS", ["Retry-After"] = "2" })
+end
+
+-- Takes the case's turn lock (one statement: free or stale, else someone else's). Returns its
+-- token; raises 409 TURN_IN_PROGRESS when another turn holds it.
+local function lock(user, case_id)
+  local token = "turn_" .. crypto.random_hex(12)
+  local now = os.time()
+  local stale = time.iso8601(now - math.ceil(M.timeout_s()) - M.LOCK_MARGIN_S)
+  local res = check(db.exec("UPDATE cases SET turn_lock = ?, turn_started_at = ? WHERE id = ? "
+    .. "AND user_id = ? AND (turn_lock IS NULL OR turn_started_at IS NULL OR "
+    .. "turn_started_at < ?)", token, time.iso8601(now), case_id, user.id, stale))
+  if (res.changes or 0) ~= 1 then
+    cases.get_row(user, case_id) -- 404 when the case went away
+    busy()
+  end
+  return token
+end
+
+local function unlock(case_id, token)
+  local ok, err = pcall(db.exec, "UPDATE cases SET turn_lock = NULL, turn_started_at = NULL "
+    .. "WHERE id = ? AND turn_lock = ?", case_id, token)
+  if not ok then log.warn("turns: cannot release a turn lock: " .. tostring(err)) end
+end
+
+-- ---- the agent's state --------------------------------------------------------------------------
+
+local function decode(text, default)
+  if type(text) ~= "string" or text == "" then return default end
+  local v = json.decode(text)
+  if type(v) ~= "table" then return default end
+  return v
+end
+
+--- The case's hypotheses as the agent sees them (contract section 7).
+function M.hypotheses(case_id)
+  local out = {}
+  for i, r in ipairs(check(db.query("SELECT * FROM hypotheses WHERE case_id = ? "
+    .. "ORDER BY created_at, id", case_id))) do
+    local d = decode(r.data, {})
+    out[i] = { id = r.id, key = r.item_key or d.key, playbook = d.playbook,
+               statement = r.statement, category = r.category, state = r.status,
+               likelihood = tonumber(r.confidence) or 0,
+               evidence_for = arr(d.evidence_for), evidence_against = arr(d.evidence_against),
+               refutation_reason = d.refutation_reason }
+  end
+  return out
+end
+
+--- The case's solutions and mitigations as the agent sees them.
+function M.solutions(case_id)
+  local out = {}
+  for i, r in ipairs(check(db.query("SELECT * FROM solutions WHERE case_id = ? "
+    .. "ORDER BY created_at, id", case_id))) do
+    local d = decode(r.data, {})
+    out[i] = { id = r.id, key = r.item_key or d.key, kind = d.kind or "solution",
+               title = d.title or r.description, description = r.description,
+               command = d.command, risk = d.risk, undo = d.undo, verify = d.verify,
+               status = r.status, playbook = d.playbook }
+  end
+  return out
+end
+
+local function build_state(user, row, input, prepared, turn)
+  local attachments, records, new_ids = {}, {}, {}
+  for _, p in ipairs(prepared) do
+    if p.duplicate then
+      local ev = check(db.query("SELECT id FROM evidence WHERE file_id = ? ORDER BY created_at "
+        .. "LIMIT 1", p.duplicate.id))[1]
+      attachments[#attachments + 1] = { evidence_id = ev and ev.id, file_id = p.duplicate.id,
+        filename = p.duplicate.filename, source_type = p.duplicate.source_type, duplicate = true }
+    else
+      attachments[#attachments + 1] = { evidence_id = p.evidence_id, file_id = p.id,
+        filename = p.filename, source_type = p.source_type, duplicate = false }
+      records[#records + 1] = { id = p.evidence_id, filename = p.filename,
+        source_type = p.source_type, detailed_type = p.detailed_type, turn = turn,
+        digest = p.digest or "", summary = p.analysis or "{}" }
+      new_ids[#new_ids + 1] = p.evidence_id
+    end
+  end
+  local ctx = require("fm.agent.case").context(row, { user = user, extra = records, turn = turn,
+    query = input.query })
+  return {
+    case = { id = row.id, state = row.state, stage = row.stage, title = row.title,
+             description = row.description, turn = turn,
+             milestones = decode(row.milestones, {}),
+             investigation = decode(row.investigation, {}) },
+    hypotheses = M.hypotheses(row.id),
+    solutions = M.solutions(row.id),
+    message = { query = input.query, intent = input.intent, intent_type = input.intent_type,
+                attachments = attachments },
+    ctx = ctx,
+    new_evidence_ids = new_ids,
+    deadline = time.monotonic() + M.timeout_s(),
+  }
+end
+
+-- ---- applying the agent's answer ----------------------------------------------------------------
+
+local function str(v, max)
+  if type(v) ~= "string" then return nil end
+  if #v > max then
+    v = v:sub(1, max)
+    while #v > 0 and not utf8.len(v) do v = v:sub(1, -2) end
+  end
+  return v
+end
+
+-- What the agent returned, checked again where the database and the lifecycle depend on it
+-- (types, enums, the transitions the user confirmed): a wrong output is the engine's bug (500),
+-- never stored. Returns the case's new state.
+local function check_output(out, state)
+  local ok, errs = output.validate(out, state)
   if not ok then
-    discard_all()
-    error(err, 0)
+    error("fm.agent.turn returned a bad TurnOutput: " .. table.concat(errs, "; "), 0)
   end
+  return out.case.state or state.case.state
+end
+
+local function upsert_hypotheses(case_id, list, t)
+  for _, h in ipairs(list) do
+    local key = str(h.key, 160)
+    local data = json.encode({ key = key, playbook = h.playbook,
+      evidence_for = arr(h.evidence_for), evidence_against = arr(h.evidence_against),
+      refutation_reason = h.refutation_reason })
+    local category = h.category or "other"
+    local likelihood = tonumber(h.likelihood)
+    if likelihood then likelihood = math.max(0, math.min(1, likelihood)) end
+    local state = h.state or "active"
+    local res = check(db.exec("UPDATE hypotheses SET statement = ?, category = ?, status = ?, "
+      .. "confidence = ?, data = ?, updated_at = ? WHERE case_id = ? AND item_key = ?",
+      str(h.statement, 2000), category, state, likelihood, data, t, case_id, key))
+    if (res.changes or 0) == 0 then
+      check(db.exec("INSERT INTO hypotheses (id, case_id, statement, category, status, "
+        .. "confidence, data, item_key, created_at, updated_at) "
+        .. "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", "hyp_" .. crypto.random_hex(12), case_id,
+        str(h.statement, 2000), category, state, likelihood, data, key, t, t))
+    end
+  end
+end
+
+local function upsert_solutions(case_id, list, t)
+  for _, s in ipairs(list) do
+    local key = str(s.key, 160)
+    local data = json.encode({ key = key, kind = s.kind == "mitigation" and "mitigation"
+      or "solution", title = str(s.title, 2000), command = str(s.command, 1000),
+      risk = s.risk, undo = s.undo, verify = s.verify, playbook = s.playbook })
+    local desc = str(s.description, 2000) or str(s.title, 2000)
+    local status = s.status or "proposed"
+    local res = check(db.exec("UPDATE solutions SET description = ?, status = ?, data = ?, "
+      .. "updated_at = ? WHERE case_id = ? AND item_key = ?", desc, status, data, t, case_id,
+      key))
+    if (res.changes or 0) == 0 then
+      check(db.exec("INSERT INTO solutions (id, case_id, description, status, data, item_key, "
+        .. "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "sol_" .. crypto.random_hex(12), case_id, desc, status, data, key, t, t))
+    end
+  end
+end
+
+local function classify_evidence(case_id, list)
+  for _, e in ipairs(list) do
+    local links = {}
+    for _, l in ipairs(type(e.hypotheses) == "table" and e.hypotheses or {}) do
+      if type(l) == "table" and type(l.key) == "string" then
+        links[#links + 1] = { key = l.key, stance = l.stance == "against" and "against" or "for" }
+      end
+    end
+    check(db.exec("UPDATE evidence SET category = COALESCE(?, category), data = ? "
+      .. "WHERE id = ? AND case_id = ?", e.category, json.encode({ hypotheses = arr(links) }),
+      e.evidence_id, case_id))
+  end
+end
+
+-- ---- the turn ---------------------------------------------------------------------------------
+
+local function timed_out()
+  errors.raise(504, string.format("the investigation of this turn took longer than %g s "
+    .. "(AGENT_REQUEST_TIMEOUT); nothing of it was stored: send it again", M.timeout_s()),
+    { ["x-error-code"] = "REQUEST_TIMEOUT" })
+end
+
+local function prepare_all(user, row, input, prepared)
+  if input.file then
+    local name = uploads.display_name(input.file.filename)
+    local p = uploads.prepare(user, row.id, {
+      path = input.file.file, text = input.file.value, filename = name,
+      content_type = input.file.content_type, sha256 = input.file_sha, size = input.file_size,
+      upload_source = input.input_type == "page_capture" and "page_capture" or "file",
+      source_url = input.source_url, observed_at = input.observed_at })
+    p.display_name = name
+    prepared[#prepared + 1] = p
+  end
+  if input.pasted or input.pasted_file then
+    local name = input.input_type == "page_capture" and "page-capture.txt" or "pasted-content.txt"
+    local p = uploads.prepare(user, row.id, {
+      path = input.pasted_file and input.pasted_file.file, text = input.pasted,
+      sha256 = input.pasted_sha, size = input.pasted_size, filename = name,
+      content_type = "text/plain",
+      upload_source = input.input_type == "page_capture" and "page_capture" or "paste",
+      source_url = input.source_url, observed_at = input.observed_at })
+    p.display_name = name
+    prepared[#prepared + 1] = p
+  end
+end
+
+-- The agent, outside any transaction. Returns its TurnOutput; raises 504 past the deadline.
+local function investigate(state)
+  local ok, agent = pcall(require, "fm.agent")
+  if not ok then
+    errors.raise(503, "the investigation engine is not available: " .. tostring(agent))
+  end
+  local out, why = agent.turn(state)
+  if time.monotonic() > state.deadline or (out == nil and why == "timeout") then timed_out() end
+  if out == nil and why == "terminal" then terminal(state.case) end
+  if out == nil then error("fm.agent.turn failed: " .. tostring(why), 0) end
+  return out
+end
+
+-- One transaction: the turn's rows and the agent's answer applied, the lock released.
+local function store(user, row, input, prepared, state, out, token, idem)
   local status, body, headers
-  ok, err = pcall(db.transaction, function()
+  db.transaction(function()
     local t = time.iso8601()
     local cur = check(db.query("UPDATE cases SET current_turn = current_turn + 1, "
       .. "version = version + 1, updated_at = ?, last_activity_at = ? WHERE id = ? AND "
-      .. "user_id = ? RETURNING current_turn, state, milestones", t, t, row.id, user.id))[1]
-    if not cur then errors.raise(404, "case not found") end
+      .. "user_id = ? AND turn_lock = ? RETURNING current_turn, state", t, t, row.id, user.id,
+      token))[1]
+    if not cur then
+      cases.get_row(user, row.id)
+      busy() -- the lock went stale and another turn took it: this one is not stored
+    end
     if cases.TERMINAL[cur.state] then terminal(cur) end
+    if cur.state ~= row.state then
+      errors.raise(409, "the case changed state during the turn; send it again",
+        { ["x-error-code"] = "CASE_VERSION_CONFLICT" })
+    end
+    local new_state = check_output(out, state)
     local turn = int(cur.current_turn)
     local names, results = {}, {}
     for _, p in ipairs(prepared) do
@@ -282,30 +545,73 @@ local function run(user, row, input, idem)
       names[#names + 1] = p.display_name
       results[#results + 1] = uploads.attachment(p)
     end
-    local answer, extra = M.respond(row, input, prepared)
+    local suggested = arr(type(out.suggested_actions) == "table" and out.suggested_actions)
     local meta = json.encode({ input_type = input.input_type, intent = input.intent,
-      source_url = input.source_url, observed_at = input.observed_at,
-      attachments = results })
+      intent_type = input.intent_type, source_url = input.source_url,
+      observed_at = input.observed_at, attachments = arr(results) })
     check(db.exec("INSERT INTO case_messages (id, case_id, turn_number, role, content, "
       .. "author_id, metadata, created_at) VALUES (?, ?, ?, 'user', ?, ?, ?, ?)",
       "msg_" .. crypto.random_hex(16), row.id, turn, user_message(input, names), user.id, meta, t))
     check(db.exec("INSERT INTO case_messages (id, case_id, turn_number, role, content, "
-      .. "created_at) VALUES (?, ?, ?, 'assistant', ?, ?)",
-      "msg_" .. crypto.random_hex(16), row.id, turn, answer, t))
-    local milestones = json.decode(cur.milestones or "[]") or {}
+      .. "metadata, created_at) VALUES (?, ?, ?, 'assistant', ?, ?, ?)",
+      "msg_" .. crypto.random_hex(16), row.id, turn, str(out.response, 65536),
+      json.encode({ suggested_actions = suggested, playbook_report = out.playbook_report }), t))
+    -- the case: what the agent returned (its state moves only as the user confirmed)
+    local c = out.case
+    local stage = c.stage ~= null and c.stage or nil
+    if new_state == "investigating" and not stage then stage = "diagnosis" end
+    local milestones = arr(type(c.milestones) == "table" and c.milestones or {})
+    local inv = type(c.investigation) == "table" and c.investigation or {}
+    local progress = out.progress_made == true
+    check(db.exec("UPDATE cases SET state = ?, stage = ?, "
+      .. "closure_reason = COALESCE(?, closure_reason), milestones = ?, "
+      .. "investigation = ?, turns_without_progress = CASE WHEN ? = 1 THEN 0 ELSE "
+      .. "turns_without_progress + 1 END, resolved_at = CASE WHEN ? = 'resolved' THEN "
+      .. "COALESCE(resolved_at, ?) ELSE resolved_at END, closed_at = CASE WHEN ? = 'closed' "
+      .. "THEN COALESCE(closed_at, ?) ELSE closed_at END, turn_lock = NULL, "
+      .. "turn_started_at = NULL WHERE id = ?", new_state, stage,
+      c.closure_reason ~= null and c.closure_reason or nil, json.encode(milestones),
+      json.encode(inv), progress and 1 or 0, new_state, t, new_state, t, row.id))
+    upsert_hypotheses(row.id, type(out.hypotheses) == "table" and out.hypotheses or {}, t)
+    upsert_solutions(row.id, type(out.solutions) == "table" and out.solutions or {}, t)
+    classify_evidence(row.id, type(out.evidence) == "table" and out.evidence or {})
+    local view = cases.investigation_view(row.id, new_state, stage, milestones, inv)
     local resp = {
-      agent_response = answer, turn_number = turn, case_state = cur.state,
-      milestones_completed = arr(milestones), progress_made = extra.progress_made,
-      attachments_processed = arr(results), suggested_actions = extra.suggested_actions,
+      agent_response = out.response, turn_number = turn, case_state = new_state,
+      milestones_completed = milestones, progress_made = progress,
+      attachments_processed = arr(results), suggested_actions = suggested,
+      progress_transparency = view.progress_transparency,
+      cause_assurance = view.cause_assurance, cause_overclaim = view.cause_overclaim,
     }
     status, body, headers = 200, json.encode(resp), { ["Content-Type"] = "application/json" }
     if idem then idempotency.finish(user, idem, status, body) end
   end)
-  if not ok then
-    discard_all()
-    error(err, 0)
-  end
   return status, body, headers
+end
+
+-- The work of a turn under the case's lock: evidence stored first (outside any transaction), the
+-- agent (outside any transaction), then one transaction. Any failure releases the lock and
+-- removes this turn's stored objects.
+local function run(user, row, input, idem)
+  local token = lock(user, row.id)
+  local prepared, stored = {}, false
+  local ok, s, b, h = pcall(function()
+    row = cases.get_row(user, row.id) -- as it is now that no other turn can change it
+    if cases.TERMINAL[row.state] then terminal(row) end
+    input.intent_type = check_intent(row, input)
+    prepare_all(user, row, input, prepared)
+    local state = build_state(user, row, input, prepared, int(row.current_turn) + 1)
+    local out = investigate(state)
+    local s1, b1, h1 = store(user, row, input, prepared, state, out, token, idem)
+    stored = true
+    return s1, b1, h1
+  end)
+  if not ok or not stored then
+    for _, p in ipairs(prepared) do if not p.duplicate then uploads.discard(p) end end
+    unlock(row.id, token)
+    error(s, 0)
+  end
+  return s, b, h
 end
 
 --- POST /turns. Returns status, body, headers.

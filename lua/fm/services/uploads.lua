@@ -141,7 +141,11 @@ function M.analyse(src, name, content_type)
   local mod, why = analyzer()
   local res, msg
   if mod then
-    local opts = { filename = name, content_type = content_type }
+    -- the playbooks' signals too, scanned in the same pass; without the set (a playbook
+    -- generation that cannot compile it), the built-ins as before
+    local okset, set = pcall(function() return require("fm.playbooks").signature_set() end)
+    local opts = { filename = name, content_type = content_type,
+                   signatures = okset and set or nil }
     local ok, r, m
     if src.text then
       ok, r, m = pcall(mod.text, src.text, opts)
@@ -166,8 +170,9 @@ end
 --- Prepares one upload of a turn. src: {path, filename, content_type, upload_source,
 -- source_url, observed_at, sha256 (raw, optional), size (optional)}.
 -- Returns {duplicate = row} when the case already has this content, else a pending record
--- whose object is stored and durable; M.insert writes its rows in the turn's transaction
--- (M.discard removes the object when that transaction fails).
+-- whose object is stored and durable, its file and evidence ids already chosen (id,
+-- evidence_id); M.insert writes its rows in the turn's transaction (M.discard removes the
+-- object when that transaction fails).
 function M.prepare(user, case_id, src)
   local sha, size = src.sha256, src.size
   if not sha and src.text then
@@ -197,6 +202,7 @@ function M.prepare(user, case_id, src)
   if not put then storage_error("put", msg, code) end
   return {
     id = "file_" .. crypto.random_hex(16), case_id = case_id, user_id = user.id,
+    evidence_id = "ev_" .. crypto.random_hex(16), -- known before the rows: the agent names it
     filename = src.filename, content_type = src.content_type, size_bytes = size, sha256 = hex,
     storage_key = put.key, upload_source = src.upload_source or "file",
     source_url = src.source_url, observed_at = src.observed_at, analysis_status = a.status,
@@ -219,8 +225,8 @@ function M.insert(rec, turn)
     rec.digest, t))
   check(db.exec("INSERT INTO evidence (id, case_id, file_id, category, source_type, summary, "
     .. "content, turn_number, created_at) VALUES (?, ?, ?, 'symptom_evidence', ?, ?, ?, ?, ?)",
-    "ev_" .. crypto.random_hex(16), rec.case_id, rec.id, rec.source_type, rec.summary or "",
-    rec.digest, turn, t))
+    rec.evidence_id or ("ev_" .. crypto.random_hex(16)), rec.case_id, rec.id, rec.source_type,
+    rec.summary or "", rec.digest, turn, t))
 end
 
 --- Removes the stored object of a record whose rows were not written (best effort: the
