@@ -894,21 +894,9 @@ local function inquiry(d, state, run)
   d.events.need_description = true
 end
 
-local function investigating(d, state, run)
-  local inv, q, it = d.inv, d.query, d.intent
-  local case = tbl(state.case)
-  local ms = d.milestones
-  local pend = tbl(inv.pending_transition)
-  local awaiting = inv.awaiting
-  local yes = it.kind == "confirmation" and it.value == "yes"
-    or it.kind ~= "confirmation" and q.reply == "yes"
-  local no = it.kind == "confirmation" and it.value == "no"
-    or it.kind ~= "confirmation" and q.reply == "no"
-
-  update_hypotheses(d, state, run, inv)
-  update_solutions(d, state, run)
-
-  -- root cause: the runner's conclusion, or the hypothesis the user validated
+-- The root cause: the runner's conclusion, or the hypothesis the user validated (the user's
+-- word outranks a later conclusion); a refuted root cause sends the case back to diagnosis.
+local function update_root_cause(d, state, run, inv)
   local c = tbl(run.conclusion)
   local by_user = tbl(inv.root_cause).assurance == "confirmed by the user"
   if d.user_validated then
@@ -925,7 +913,7 @@ local function investigating(d, state, run)
   elseif d.root_cause_refuted then
     inv.root_cause = nil
     inv.concluded_signals, inv.concluded_kinds, inv.concluded_playbook = nil, nil, nil
-    ms.root_cause_identified = nil
+    d.milestones.root_cause_identified = nil
     if d.stage ~= "diagnosis" then d.stage = "diagnosis" end
     d.changed = true
   elseif not by_user and str(c.root_cause) and (num(c.confidence) or 0) >= M.VALIDATE_AT
@@ -936,8 +924,10 @@ local function investigating(d, state, run)
       hypothesis = tostring(c.playbook) .. ":" .. tostring(c.hypothesis),
       assurance = "concluded from the evidence" })
   end
+end
 
-  -- working conclusion: the root cause, else the most likely open hypothesis
+-- The working conclusion: the root cause, else the most likely open hypothesis.
+local function update_working_conclusion(d, state, inv)
   local wc
   if inv.root_cause then
     wc = { summary = inv.root_cause.description, confidence = inv.root_cause.confidence }
@@ -957,16 +947,13 @@ local function investigating(d, state, run)
       d.changed = true
     end
   end
+end
 
-  -- indicators
-  if symptom_seen(state, run) then ms.symptom_verified = true end
-  if inv.root_cause then ms.root_cause_identified = true end
-  local has = { mitigation = false, solution = false }
-  for _, s in ipairs(d.solutions) do has[s.kind] = true end
-  if has.mitigation or has.solution then ms.solution_proposed = true end
-
-  -- the user's words about the fix: read only when the engine asked for them (a "deployed" in
-  -- a description of the incident is not a fix applied), or with an explicit confirmation
+-- The user's words about a fix: read only when the engine asked for them (a "deployed" in a
+-- description of the incident is not a fix applied), or with an explicit confirmation.
+local function record_fix(d, state, inv, has, yes)
+  local q, it, ms = d.query, d.intent, d.milestones
+  local awaiting, pend = inv.awaiting, tbl(inv.pending_transition)
   local asked = awaiting == "mitigation" or awaiting == "solution"
   local applied = asked and not pend.to_state and (q.applied or yes)
     or it.kind == "confirmation" and it.value == "yes" and it.solution_key ~= nil
@@ -999,7 +986,11 @@ local function investigating(d, state, run)
     d.events.lasting = true
     d.changed = true
   end
+end
 
+-- Evidence: classification, and the verification of what was applied by clean evidence.
+local function verify_fixes(d, state, run, inv)
+  local ms = d.milestones
   -- a fix applied before any conclusion: the signals of the evidence so far (the top open
   -- hypothesis's, else every item's) are what clean evidence must lack to verify it
   if (ms.mitigation_accepted or ms.solution_accepted) and #tbl(inv.concluded_signals) == 0 then
@@ -1009,8 +1000,6 @@ local function investigating(d, state, run)
     end
     remember_signals(inv, state, run, top and top.key, d.new_ids)
   end
-
-  -- evidence: classification and verification
   classify(d, state, inv)
   if d.verified_by then
     local kind = ms.solution_accepted and "solution" or "mitigation"
@@ -1030,8 +1019,11 @@ local function investigating(d, state, run)
   elseif d.still_seen then
     d.events.still_seen = d.still_seen
   end
+end
 
-  -- stage: diagnosis -> mitigation -> treatment
+-- The stage (diagnosis -> mitigation -> treatment) and what a yes answers next.
+local function advance_stage(d, inv, has)
+  local ms = d.milestones
   if d.stage == "diagnosis" and inv.root_cause then
     if has.mitigation and not ms.mitigation_accepted then d.stage = "mitigation"
     elseif has.solution then d.stage = "treatment" end
@@ -1049,14 +1041,25 @@ local function investigating(d, state, run)
   else
     inv.awaiting = nil
   end
+end
 
-  -- the user's answers to a pending proposal, and their own requests
+local function propose(d, inv, to_state, closure_reason, reason, turn)
+  pending(inv, to_state, closure_reason, reason, turn)
+  d.events.proposed_transition = inv.pending_transition
+  d.changed = true
+end
+
+-- The user's answer to a pending proposal, or their own request to resolve or close. Returns
+-- true when the case changed state (nothing else happens on that turn).
+local function answer_transitions(d, state, inv, yes, no)
+  local q, it, ms = d.query, d.intent, d.milestones
+  local pend, turn = tbl(inv.pending_transition), tbl(state.case).turn
   if pend.to_state then
     if it.kind == "status_transition" and it.user_confirmed and it.to_state then
-      if transition(d, it.to_state, it.closure_reason or (it.to_state == pend.to_state
-          and pend.closure_reason or nil)) then return end
+      return transition(d, it.to_state, it.closure_reason or (it.to_state == pend.to_state
+        and pend.closure_reason or nil))
     elseif yes then
-      if transition(d, pend.to_state, pend.closure_reason) then return end
+      return transition(d, pend.to_state, pend.closure_reason)
     elseif no then
       inv.pending_transition = nil
       if pend.to_state == "resolved" then inv.resolve_declined = true end
@@ -1064,39 +1067,57 @@ local function investigating(d, state, run)
       d.changed = true
     end
   elseif it.kind == "status_transition" and it.to_state then
-    if it.user_confirmed then
-      if transition(d, it.to_state, it.closure_reason) then return end
-    elseif it.to_state == "resolved" and not ms.solution_verified then
+    if it.user_confirmed then return transition(d, it.to_state, it.closure_reason) end
+    if it.to_state == "resolved" and not ms.solution_verified then
       transition(d, "resolved")
     elseif M.NEXT.investigating[it.to_state] then
-      pending(inv, it.to_state, it.to_state == "closed" and (it.closure_reason
+      propose(d, inv, it.to_state, it.to_state == "closed" and (it.closure_reason
         or M.default_closure("investigating", ms, inv)) or nil,
         "the user asked to " .. (it.to_state == "closed" and "close" or "resolve")
-        .. " the case", case.turn)
-      d.events.proposed_transition = inv.pending_transition
-      d.changed = true
+        .. " the case", turn)
     end
   elseif q.resolve then
     if ms.solution_verified then
-      pending(inv, "resolved", nil, "the user asked to resolve the case", case.turn)
-      d.events.proposed_transition = inv.pending_transition
-      d.changed = true
+      propose(d, inv, "resolved", nil, "the user asked to resolve the case", turn)
     else
       transition(d, "resolved")
     end
   elseif q.close then
-    pending(inv, "closed", M.default_closure("investigating", ms, inv),
-      "the user asked to close the case", case.turn)
-    d.events.proposed_transition = inv.pending_transition
-    d.changed = true
+    propose(d, inv, "closed", M.default_closure("investigating", ms, inv),
+      "the user asked to close the case", turn)
   end
+  return false
+end
+
+local function investigating(d, state, run)
+  local inv, q, it = d.inv, d.query, d.intent
+  local ms = d.milestones
+  local yes = it.kind == "confirmation" and it.value == "yes"
+    or it.kind ~= "confirmation" and q.reply == "yes"
+  local no = it.kind == "confirmation" and it.value == "no"
+    or it.kind ~= "confirmation" and q.reply == "no"
+
+  update_hypotheses(d, state, run, inv)
+  update_solutions(d, state, run)
+  update_root_cause(d, state, run, inv)
+  update_working_conclusion(d, state, inv)
+
+  -- indicators
+  if symptom_seen(state, run) then ms.symptom_verified = true end
+  if inv.root_cause then ms.root_cause_identified = true end
+  local has = { mitigation = false, solution = false }
+  for _, s in ipairs(d.solutions) do has[s.kind] = true end
+  if has.mitigation or has.solution then ms.solution_proposed = true end
+
+  record_fix(d, state, inv, has, yes)
+  verify_fixes(d, state, run, inv)
+  advance_stage(d, inv, has)
+  if answer_transitions(d, state, inv, yes, no) then return end
   -- the engine's own proposal: resolve once the fix is verified
   if ms.solution_verified and not tbl(inv.pending_transition).to_state
       and not inv.resolve_declined then
-    pending(inv, "resolved", nil, "the fix is applied and new evidence shows the cause is gone",
-      case.turn)
-    d.events.proposed_transition = inv.pending_transition
-    d.changed = true
+    propose(d, inv, "resolved", nil,
+      "the fix is applied and new evidence shows the cause is gone", tbl(state.case).turn)
   end
   if tbl(inv.pending_transition).to_state then inv.awaiting = "transition" end
 end
