@@ -2,128 +2,25 @@
 -- (spec/fixtures/playbooks/credential-rotation-auth-failures/).
 -- The positive fixtures must match with the expected hypotheses, asks and conclusion; the
 -- negative ones (near misses included) must stay under the runner's threshold.
-local context = require "fm.agent.context"
-local runner = require "fm.agent.runner"
-
 local ID = "credential-rotation-auth-failures"
-local DIR = "spec/fixtures/playbooks/" .. ID .. "/"
-
--- Every file of one fixture directory (sorted, so runs are reproducible).
-local function files(sub)
-  local out = {}
-  local p = assert(io.popen("ls -1 '" .. DIR .. sub .. "'"))
-  for f in p:lines() do out[#out + 1] = DIR .. sub .. "/" .. f end
-  p:close()
-  assert(#out > 0, "no fixture files in " .. sub)
-  return out
-end
-
-local function context_of(sub, symptom)
-  local ctx = assert(context.from_files(files(sub), { symptom = symptom or "" }))
-  return ctx
-end
-
-local function run(sub, symptom)
-  local ctx = context_of(sub, symptom)
-  return runner.run(ctx), ctx
-end
-
-local function matched(result)
-  for _, m in ipairs(result.matched) do if m.id == ID then return m end end
-end
-
-local function score(result)
-  for _, s in ipairs(result.scores) do if s.id == ID then return s.score end end
-  return 0
-end
-
-local function no_failure(result)
-  for _, f in ipairs(result.failed) do
-    assert.is_not.equal(ID, f.id, "playbook failed: " .. tostring(f.message))
-  end
-end
-
-local function commands(m)
-  local t = {}
-  for _, a in ipairs(m.asks) do
-    if a.command and a.command ~= "" then t[#t + 1] = a.command end
-  end
-  return t
-end
-
--- The positive case's common checks; returns the matched record.
-local function check_positive(c)
-  local result = run(c.dir, c.symptom)
-  no_failure(result)
-  local m = assert(matched(result), ID .. " not matched for " .. c.dir)
-  assert.is_true(m.score >= c.min_score, "score " .. m.score)
-  if c.first ~= false then
-    assert.equal(ID, result.scores[1].id, "ranked first: " .. result.scores[1].id)
-  end
-  assert.is_true(#m.reasons > 0)
-  local keys = {}
-  for _, h in ipairs(m.hypotheses) do keys[h.key] = h end
-  for _, k in ipairs(c.hypotheses) do assert.truthy(keys[k], "hypothesis " .. k) end
-  -- the concluded root cause is the expected hypothesis, and the most likely one
-  assert.truthy(m.conclusion, "no conclusion")
-  assert.equal(c.conclusion, m.conclusion.hypothesis)
-  assert.is_true(m.conclusion.confidence >= c.min_confidence,
-                 "confidence " .. m.conclusion.confidence)
-  for k, h in pairs(keys) do
-    if k ~= c.conclusion then
-      assert.is_true(keys[c.conclusion].likelihood >= h.likelihood, k .. " more likely")
-    end
-  end
-  -- asks carry exact commands
-  local cmds = commands(m)
-  assert.is_true(#cmds > 0, "no command asked")
-  local all = table.concat(cmds, "\n")
-  for _, want in ipairs(c.asks or {}) do
-    assert.truthy(all:find(want, 1, true), "ask '" .. want .. "' missing in:\n" .. all)
-  end
-  -- findings point at evidence lines; remedies say how to undo them
-  local lined = false
-  for _, f in ipairs(m.findings) do if f.line and f.filename then lined = true end end
-  assert.is_true(lined, "no finding with a file and line")
-  assert.is_true(#m.mitigations > 0 and #m.solutions > 0)
-  for _, x in ipairs(m.mitigations) do assert.truthy(x.undo ~= "" and x.risk) end
-  return m, result
-end
+local P = require("spec.helpers.playbooks").for_playbook(ID)
 
 describe("playbook " .. ID, function()
   it("fires its own signals on the positive fixtures", function()
-    do
-      local ctx = context_of("positive/pg-password-after-rotation")
-      for _, name in ipairs {
-        "cred_db_password",
-        "cred_rotation_event",
-      } do
-        local sg = ctx.signals[name]
-        assert.truthy(sg and sg.count > 0, name .. " did not fire")
-      end
-    end
-    do
-      local ctx = context_of("positive/aws-expired-token")
-      for _, name in ipairs {
-        "cred_token_expired",
-      } do
-        local sg = ctx.signals[name]
-        assert.truthy(sg and sg.count > 0, name .. " did not fire")
-      end
-    end
-    do
-      local ctx = context_of("positive/iam-permission-removed")
-      for _, name in ipairs {
-        "cred_forbidden",
-      } do
-        local sg = ctx.signals[name]
-        assert.truthy(sg and sg.count > 0, name .. " did not fire")
-      end
-    end
+    P.assert_signals("positive/pg-password-after-rotation", {
+      "cred_db_password",
+      "cred_rotation_event",
+    })
+    P.assert_signals("positive/aws-expired-token", {
+      "cred_token_expired",
+    })
+    P.assert_signals("positive/iam-permission-removed", {
+      "cred_forbidden",
+    })
   end)
 
   it("password authentication failed right after a secret rotation", function()
-    local m = check_positive {
+    local m = P.check_positive {
       dir = "positive/pg-password-after-rotation",
       symptom = "orders API lost its database",
       min_score = 0.7,
@@ -132,15 +29,11 @@ describe("playbook " .. ID, function()
       conclusion = "cred_stale_secret",
       asks = { "custom-columns=NAME:.metadata.name,START:.status.startTime", "psql -h" },
     }
-    local restart = false
-    for _, x in ipairs(m.mitigations) do
-      if (x.command or ""):find("rollout restart", 1, true) then restart = true end
-    end
-    assert.is_true(restart)
+    assert.truthy(P.mitigation_with(m, "rollout restart"))
   end)
 
   it("boto3 ExpiredToken on every S3 call: the token is not refreshed", function()
-    local m = check_positive {
+    local m = P.check_positive {
       dir = "positive/aws-expired-token",
       symptom = "daily export stopped uploading",
       min_score = 0.6,
@@ -153,7 +46,7 @@ describe("playbook " .. ID, function()
   end)
 
   it("S3 AccessDenied 'not authorized to perform': a permission change", function()
-    local m = check_positive {
+    local m = P.check_positive {
       dir = "positive/iam-permission-removed",
       symptom = "daily export fails",
       min_score = 0.4,
@@ -166,32 +59,21 @@ describe("playbook " .. ID, function()
   end)
 
   it("under the threshold: filesystem permission denied (EACCES)", function()
-    local result = run("negative/file-permissions",
-                       "uploader cannot write its spool")
-    no_failure(result)
-    assert.is_true(score(result) < 0.3, "score " .. score(result))
-    assert.is_nil(matched(result))
+    P.check_negative {
+      dir = "negative/file-permissions",
+      symptom = "uploader cannot write its spool",
+    }
   end)
 
   it("under the threshold: GitHub 403 secondary rate limit (throttling)", function()
-    local result = run("negative/github-rate-limit",
-                       "repository sync is stuck")
-    no_failure(result)
-    assert.is_true(score(result) < 0.3, "score " .. score(result))
-    assert.is_nil(matched(result))
-    -- the right playbook ranks first
-    assert.equal("upstream-rate-limiting", result.scores[1].id)
+    P.check_negative {
+      dir = "negative/github-rate-limit",
+      symptom = "repository sync is stuck",
+      first = "upstream-rate-limiting",
+    }
   end)
 
   it("scores the user's words alone low", function()
-    local ctx = assert(context.build {
-      symptom = "authentication fails since the password rotation",
-      evidence = {},
-    })
-    local result = runner.run(ctx, { only = ID })
-    local s = score(result)
-    assert.is_true(s > 0 and s <= 0.4, "score " .. s)
-    local m = assert(matched(result))
-    assert.is_nil(m.conclusion)     -- words alone never conclude
+    P.check_words("authentication fails since the password rotation")
   end)
 end)

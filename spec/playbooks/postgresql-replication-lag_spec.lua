@@ -2,130 +2,27 @@
 -- (spec/fixtures/playbooks/postgresql-replication-lag/).
 -- The positive fixtures must match with the expected hypotheses, asks and conclusion; the
 -- negative ones (near misses included) must stay under the runner's threshold.
-local context = require "fm.agent.context"
-local runner = require "fm.agent.runner"
-
 local ID = "postgresql-replication-lag"
-local DIR = "spec/fixtures/playbooks/" .. ID .. "/"
-
--- Every file of one fixture directory (sorted, so runs are reproducible).
-local function files(sub)
-  local out = {}
-  local p = assert(io.popen("ls -1 '" .. DIR .. sub .. "'"))
-  for f in p:lines() do out[#out + 1] = DIR .. sub .. "/" .. f end
-  p:close()
-  assert(#out > 0, "no fixture files in " .. sub)
-  return out
-end
-
-local function context_of(sub, symptom)
-  local ctx = assert(context.from_files(files(sub), { symptom = symptom or "" }))
-  return ctx
-end
-
-local function run(sub, symptom)
-  local ctx = context_of(sub, symptom)
-  return runner.run(ctx), ctx
-end
-
-local function matched(result)
-  for _, m in ipairs(result.matched) do if m.id == ID then return m end end
-end
-
-local function score(result)
-  for _, s in ipairs(result.scores) do if s.id == ID then return s.score end end
-  return 0
-end
-
-local function no_failure(result)
-  for _, f in ipairs(result.failed) do
-    assert.is_not.equal(ID, f.id, "playbook failed: " .. tostring(f.message))
-  end
-end
-
-local function commands(m)
-  local t = {}
-  for _, a in ipairs(m.asks) do
-    if a.command and a.command ~= "" then t[#t + 1] = a.command end
-  end
-  return t
-end
-
--- The positive case's common checks; returns the matched record.
-local function check_positive(c)
-  local result = run(c.dir, c.symptom)
-  no_failure(result)
-  local m = assert(matched(result), ID .. " not matched for " .. c.dir)
-  assert.is_true(m.score >= c.min_score, "score " .. m.score)
-  if c.first ~= false then
-    assert.equal(ID, result.scores[1].id, "ranked first: " .. result.scores[1].id)
-  end
-  assert.is_true(#m.reasons > 0)
-  local keys = {}
-  for _, h in ipairs(m.hypotheses) do keys[h.key] = h end
-  for _, k in ipairs(c.hypotheses) do assert.truthy(keys[k], "hypothesis " .. k) end
-  -- the concluded root cause is the expected hypothesis, and the most likely one
-  assert.truthy(m.conclusion, "no conclusion")
-  assert.equal(c.conclusion, m.conclusion.hypothesis)
-  assert.is_true(m.conclusion.confidence >= c.min_confidence,
-                 "confidence " .. m.conclusion.confidence)
-  for k, h in pairs(keys) do
-    if k ~= c.conclusion then
-      assert.is_true(keys[c.conclusion].likelihood >= h.likelihood, k .. " more likely")
-    end
-  end
-  -- asks carry exact commands
-  local cmds = commands(m)
-  assert.is_true(#cmds > 0, "no command asked")
-  local all = table.concat(cmds, "\n")
-  for _, want in ipairs(c.asks or {}) do
-    assert.truthy(all:find(want, 1, true), "ask '" .. want .. "' missing in:\n" .. all)
-  end
-  -- findings point at evidence lines; remedies say how to undo them
-  local lined = false
-  for _, f in ipairs(m.findings) do if f.line and f.filename then lined = true end end
-  assert.is_true(lined, "no finding with a file and line")
-  assert.is_true(#m.mitigations > 0 and #m.solutions > 0)
-  for _, x in ipairs(m.mitigations) do assert.truthy(x.undo ~= "" and x.risk) end
-  return m, result
-end
+local P = require("spec.helpers.playbooks").for_playbook(ID)
 
 describe("playbook " .. ID, function()
   it("fires its own signals on the positive fixtures", function()
-    do
-      local ctx = context_of("positive/wal-removed")
-      for _, name in ipairs {
-        "pgrepl_wal_removed",
-        "pgrepl_stream_lost",
-        "pgrepl_lag_view",
-      } do
-        local sg = ctx.signals[name]
-        assert.truthy(sg and sg.count > 0, name .. " did not fire")
-      end
-    end
-    do
-      local ctx = context_of("positive/write-burst")
-      for _, name in ipairs {
-        "pgrepl_bulk_write",
-      } do
-        local sg = ctx.signals[name]
-        assert.truthy(sg and sg.count > 0, name .. " did not fire")
-      end
-    end
-    do
-      local ctx = context_of("positive/recovery-conflicts")
-      for _, name in ipairs {
-        "pgrepl_recovery_conflict",
-        "pgrepl_lag_view",
-      } do
-        local sg = ctx.signals[name]
-        assert.truthy(sg and sg.count > 0, name .. " did not fire")
-      end
-    end
+    P.assert_signals("positive/wal-removed", {
+      "pgrepl_wal_removed",
+      "pgrepl_stream_lost",
+      "pgrepl_lag_view",
+    })
+    P.assert_signals("positive/write-burst", {
+      "pgrepl_bulk_write",
+    })
+    P.assert_signals("positive/recovery-conflicts", {
+      "pgrepl_recovery_conflict",
+      "pgrepl_lag_view",
+    })
   end)
 
   it("the replica asks for a WAL segment already removed: it must be rebuilt", function()
-    local m = check_positive {
+    local m = P.check_positive {
       dir = "positive/wal-removed",
       symptom = "the read replica serves stale data",
       min_score = 0.7,
@@ -135,15 +32,11 @@ describe("playbook " .. ID, function()
       asks = { "pg_stat_replication", "pg_replication_slots" },
     }
     assert.matches("rebuilt", m.conclusion.root_cause)
-    local rebuild = false
-    for _, s in ipairs(m.solutions) do
-      if (s.command or ""):find("pg_basebackup", 1, true) then rebuild = true end
-    end
-    assert.is_true(rebuild)
+    assert.truthy(P.solution_with(m, "pg_basebackup"))
   end)
 
   it("lag metric climbing with a WAL burst from a bulk COPY on the primary", function()
-    local m = check_positive {
+    local m = P.check_positive {
       dir = "positive/write-burst",
       symptom = "replica lag alert",
       min_score = 0.6,
@@ -156,7 +49,7 @@ describe("playbook " .. ID, function()
   end)
 
   it("recovery conflicts on an analytics replica 900 s behind", function()
-    local m = check_positive {
+    local m = P.check_positive {
       dir = "positive/recovery-conflicts",
       symptom = "dashboards show old numbers",
       min_score = 0.6,
@@ -169,34 +62,22 @@ describe("playbook " .. ID, function()
   end)
 
   it("under the threshold: Kafka consumer lag (a lag, not replication)", function()
-    local result = run("negative/kafka-lag",
-                       "consumer lag keeps growing on the invoices topic")
-    no_failure(result)
-    assert.is_true(score(result) < 0.3, "score " .. score(result))
-    assert.is_nil(matched(result))
-    -- the right playbook ranks first
-    assert.equal("kafka-consumer-lag", result.scores[1].id)
+    P.check_negative {
+      dir = "negative/kafka-lag",
+      symptom = "consumer lag keeps growing on the invoices topic",
+      first = "kafka-consumer-lag",
+    }
   end)
 
   it("under the threshold: a PostgreSQL deadlock", function()
-    local result = run("negative/deadlock",
-                       "stock reservations fail")
-    no_failure(result)
-    assert.is_true(score(result) < 0.3, "score " .. score(result))
-    assert.is_nil(matched(result))
-    -- the right playbook ranks first
-    assert.equal("database-deadlocks", result.scores[1].id)
+    P.check_negative {
+      dir = "negative/deadlock",
+      symptom = "stock reservations fail",
+      first = "database-deadlocks",
+    }
   end)
 
   it("scores the user's words alone low", function()
-    local ctx = assert(context.build {
-      symptom = "the replica is behind, replication lag",
-      evidence = {},
-    })
-    local result = runner.run(ctx, { only = ID })
-    local s = score(result)
-    assert.is_true(s > 0 and s <= 0.4, "score " .. s)
-    local m = assert(matched(result))
-    assert.is_nil(m.conclusion)     -- words alone never conclude
+    P.check_words("the replica is behind, replication lag")
   end)
 end)

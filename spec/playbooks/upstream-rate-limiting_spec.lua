@@ -2,132 +2,29 @@
 -- (spec/fixtures/playbooks/upstream-rate-limiting/).
 -- The positive fixtures must match with the expected hypotheses, asks and conclusion; the
 -- negative ones (near misses included) must stay under the runner's threshold.
-local context = require "fm.agent.context"
-local runner = require "fm.agent.runner"
-
 local ID = "upstream-rate-limiting"
-local DIR = "spec/fixtures/playbooks/" .. ID .. "/"
-
--- Every file of one fixture directory (sorted, so runs are reproducible).
-local function files(sub)
-  local out = {}
-  local p = assert(io.popen("ls -1 '" .. DIR .. sub .. "'"))
-  for f in p:lines() do out[#out + 1] = DIR .. sub .. "/" .. f end
-  p:close()
-  assert(#out > 0, "no fixture files in " .. sub)
-  return out
-end
-
-local function context_of(sub, symptom)
-  local ctx = assert(context.from_files(files(sub), { symptom = symptom or "" }))
-  return ctx
-end
-
-local function run(sub, symptom)
-  local ctx = context_of(sub, symptom)
-  return runner.run(ctx), ctx
-end
-
-local function matched(result)
-  for _, m in ipairs(result.matched) do if m.id == ID then return m end end
-end
-
-local function score(result)
-  for _, s in ipairs(result.scores) do if s.id == ID then return s.score end end
-  return 0
-end
-
-local function no_failure(result)
-  for _, f in ipairs(result.failed) do
-    assert.is_not.equal(ID, f.id, "playbook failed: " .. tostring(f.message))
-  end
-end
-
-local function commands(m)
-  local t = {}
-  for _, a in ipairs(m.asks) do
-    if a.command and a.command ~= "" then t[#t + 1] = a.command end
-  end
-  return t
-end
-
--- The positive case's common checks; returns the matched record.
-local function check_positive(c)
-  local result = run(c.dir, c.symptom)
-  no_failure(result)
-  local m = assert(matched(result), ID .. " not matched for " .. c.dir)
-  assert.is_true(m.score >= c.min_score, "score " .. m.score)
-  if c.first ~= false then
-    assert.equal(ID, result.scores[1].id, "ranked first: " .. result.scores[1].id)
-  end
-  assert.is_true(#m.reasons > 0)
-  local keys = {}
-  for _, h in ipairs(m.hypotheses) do keys[h.key] = h end
-  for _, k in ipairs(c.hypotheses) do assert.truthy(keys[k], "hypothesis " .. k) end
-  -- the concluded root cause is the expected hypothesis, and the most likely one
-  assert.truthy(m.conclusion, "no conclusion")
-  assert.equal(c.conclusion, m.conclusion.hypothesis)
-  assert.is_true(m.conclusion.confidence >= c.min_confidence,
-                 "confidence " .. m.conclusion.confidence)
-  for k, h in pairs(keys) do
-    if k ~= c.conclusion then
-      assert.is_true(keys[c.conclusion].likelihood >= h.likelihood, k .. " more likely")
-    end
-  end
-  -- asks carry exact commands
-  local cmds = commands(m)
-  assert.is_true(#cmds > 0, "no command asked")
-  local all = table.concat(cmds, "\n")
-  for _, want in ipairs(c.asks or {}) do
-    assert.truthy(all:find(want, 1, true), "ask '" .. want .. "' missing in:\n" .. all)
-  end
-  -- findings point at evidence lines; remedies say how to undo them
-  local lined = false
-  for _, f in ipairs(m.findings) do if f.line and f.filename then lined = true end end
-  assert.is_true(lined, "no finding with a file and line")
-  assert.is_true(#m.mitigations > 0 and #m.solutions > 0)
-  for _, x in ipairs(m.mitigations) do assert.truthy(x.undo ~= "" and x.risk) end
-  return m, result
-end
+local P = require("spec.helpers.playbooks").for_playbook(ID)
 
 describe("playbook " .. ID, function()
   it("fires its own signals on the positive fixtures", function()
-    do
-      local ctx = context_of("positive/github-retry-storm")
-      for _, name in ipairs {
-        "ratelimit_provider",
-        "ratelimit_retrying",
-        "ratelimit_retry_after",
-        "ratelimit_remaining_zero",
-      } do
-        local sg = ctx.signals[name]
-        assert.truthy(sg and sg.count > 0, name .. " did not fire")
-      end
-    end
-    do
-      local ctx = context_of("positive/stripe-backfill-quota")
-      for _, name in ipairs {
-        "ratelimit_429_status",
-        "ratelimit_batch_job",
-        "ratelimit_remaining_zero",
-      } do
-        local sg = ctx.signals[name]
-        assert.truthy(sg and sg.count > 0, name .. " did not fire")
-      end
-    end
-    do
-      local ctx = context_of("positive/aws-throttling")
-      for _, name in ipairs {
-        "ratelimit_provider",
-      } do
-        local sg = ctx.signals[name]
-        assert.truthy(sg and sg.count > 0, name .. " did not fire")
-      end
-    end
+    P.assert_signals("positive/github-retry-storm", {
+      "ratelimit_provider",
+      "ratelimit_retrying",
+      "ratelimit_retry_after",
+      "ratelimit_remaining_zero",
+    })
+    P.assert_signals("positive/stripe-backfill-quota", {
+      "ratelimit_429_status",
+      "ratelimit_batch_job",
+      "ratelimit_remaining_zero",
+    })
+    P.assert_signals("positive/aws-throttling", {
+      "ratelimit_provider",
+    })
   end)
 
   it("GitHub secondary rate limit with immediate retries: a retry storm", function()
-    local m = check_positive {
+    local m = P.check_positive {
       dir = "positive/github-retry-storm",
       symptom = "repository sync is stuck",
       min_score = 0.7,
@@ -142,7 +39,7 @@ describe("playbook " .. ID, function()
   end)
 
   it("Stripe 429 rate_limit while an invoice backfill shares the key", function()
-    local m = check_positive {
+    local m = P.check_positive {
       dir = "positive/stripe-backfill-quota",
       symptom = "checkout payments fail",
       min_score = 0.7,
@@ -155,7 +52,7 @@ describe("playbook " .. ID, function()
   end)
 
   it("DynamoDB ThrottlingException and SQS RequestLimitExceeded", function()
-    local m = check_positive {
+    local m = P.check_positive {
       dir = "positive/aws-throttling",
       symptom = "ingest lambda drops records",
       min_score = 0.6,
@@ -168,32 +65,21 @@ describe("playbook " .. ID, function()
   end)
 
   it("under the threshold: a 5xx burst caused by a deploy", function()
-    local result = run("negative/deploy-5xx",
-                       "checkout errors since the release")
-    no_failure(result)
-    assert.is_true(score(result) < 0.3, "score " .. score(result))
-    assert.is_nil(matched(result))
-    -- the right playbook ranks first
-    assert.equal("bad-deploy-rollback", result.scores[1].id)
+    P.check_negative {
+      dir = "negative/deploy-5xx",
+      symptom = "checkout errors since the release",
+      first = "bad-deploy-rollback",
+    }
   end)
 
   it("under the threshold: 429s from our own nginx limit_req", function()
-    local result = run("negative/inbound-limit-req",
-                       "clients get 429 too many requests on login")
-    no_failure(result)
-    assert.is_true(score(result) < 0.3, "score " .. score(result))
-    assert.is_nil(matched(result))
+    P.check_negative {
+      dir = "negative/inbound-limit-req",
+      symptom = "clients get 429 too many requests on login",
+    }
   end)
 
   it("scores the user's words alone low", function()
-    local ctx = assert(context.build {
-      symptom = "the partner API is throttling us, rate limit",
-      evidence = {},
-    })
-    local result = runner.run(ctx, { only = ID })
-    local s = score(result)
-    assert.is_true(s > 0 and s <= 0.4, "score " .. s)
-    local m = assert(matched(result))
-    assert.is_nil(m.conclusion)     -- words alone never conclude
+    P.check_words("the partner API is throttling us, rate limit")
   end)
 end)
