@@ -16,15 +16,9 @@ end
 
 for _, b in ipairs(helpers.db_backends()) do
   describe("closing cases on " .. b.name, function()
-    local engine, c
+    local c
     lazy_setup(function()
-      engine = helpers.engine.start { env = { DATABASE_URL = b.url(), FM_WORKERS = "2",
-        FM_LUA_PATH = helpers.root .. "/spec/fixtures/lua/?.lua",
-        FM_EXTRA_ROUTES = "fm_test.routes", FM_HOUSEKEEPING_INTERVAL_S = "0" } }
-      local r = assert(engine:request("POST", "/api/v1/auth/dev-login",
-        { json = { username = "closer" } }))
-      assert.equal(200, r.status, r.body)
-      c = tc.new(engine, r.json().access_token)
+      c = select(2, tc.start(b.url(), "closer"))
     end)
     lazy_teardown(helpers.cleanup)
 

@@ -37,13 +37,7 @@ for _, b in ipairs(helpers.db_backends()) do
     end
 
     lazy_setup(function()
-      engine = helpers.engine.start { env = { DATABASE_URL = b.url(), FM_WORKERS = "2",
-        MAX_UPLOAD_SIZE_MB = "1", FM_LUA_PATH = helpers.root .. "/spec/fixtures/lua/?.lua",
-        FM_EXTRA_ROUTES = "fm_test.routes", FM_HOUSEKEEPING_INTERVAL_S = "0" } }
-      local r = assert(engine:request("POST", "/api/v1/auth/dev-login",
-        { json = { username = "mallory" } }))
-      assert.equal(200, r.status, r.body)
-      c = tc.new(engine, r.json().access_token)
+      engine, c = tc.start(b.url(), "mallory", { MAX_UPLOAD_SIZE_MB = "1" })
       -- a case in investigation with hypotheses, evidence and messages to protect
       id = c:new_case { title = null, description = "" }
       for _, f in ipairs {
