@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static const char usage[] =
@@ -40,6 +41,9 @@ static const char usage[] =
     "  faultmaven migrate [status|up]   show or apply the database migrations (DATABASE_URL)\n"
     "  faultmaven kb export FILE | import FILE | reindex\n"
     "                                   move the knowledge base between providers; re-embed it\n"
+    "  faultmaven diagnose FILE... [--symptom TEXT] [--format md|json] [--no-kb]\n"
+    "                                   diagnose an incident offline from local files: evidence,\n"
+    "                                   hypotheses, next checks, remediation, runbooks\n"
     "  faultmaven repl [-e CODE]        Lua REPL inside the running engine (admin socket)\n"
     "  faultmaven reload                reload config.lua, lua/ and playbooks/ in the running engine\n"
     "  faultmaven version               print version information\n"
@@ -697,6 +701,86 @@ static int cmd_kb(int argc, char **argv) {
   return code;
 }
 
+/* diagnose's file check, for Lua: file_kind(path) -> "file" | "directory" | "fifo" | "socket" |
+ * "char" | "block" | "other", or nil, message. stat() only: a FIFO is never opened (that would
+ * block until a writer came). */
+static int l_diagnose_file_kind(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  struct stat st;
+  if (stat(path, &st)) {
+    lua_pushnil(L);
+    lua_pushstring(L, strerror(errno));
+    return 2;
+  }
+  const char *k = S_ISREG(st.st_mode)    ? "file"
+                  : S_ISDIR(st.st_mode)  ? "directory"
+                  : S_ISFIFO(st.st_mode) ? "fifo"
+                  : S_ISSOCK(st.st_mode) ? "socket"
+                  : S_ISCHR(st.st_mode)  ? "char"
+                  : S_ISBLK(st.st_mode)  ? "block"
+                                         : "other";
+  lua_pushstring(L, k);
+  return 1;
+}
+
+/* faultmaven diagnose FILE... : fm.agent.diagnose.main{args..., tty, file_kind} in an EXEC VM
+ * with the settings serve would use; returns its exit code (0 report, 1 unreadable file or
+ * failure, 2 usage). */
+static int l_diagnose_step(lua_State *L) {
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "fm.agent.diagnose");
+  lua_call(L, 1, 1);
+  lua_getfield(L, -1, "main");
+  lua_pushvalue(L, 1);
+  lua_call(L, 1, 1);
+  return 1;
+}
+
+static int cmd_diagnose(int argc, char **argv) {
+  struct fm_err err = {0};
+  if (resolve_home(&err)) {
+    fprintf(stderr, "faultmaven: %s\n", err.msg);
+    return 2;
+  }
+  /* a report on stdout, nothing else: warnings (a busy vector index) are in the report */
+  int lv = fm_log_parse_level(getenv("LOG_LEVEL"));
+  fm_log_set_level(lv >= 0 ? lv : FM_LOG_ERROR);
+  if (fm_httpc_global_init(&err)) {
+    fprintf(stderr, "faultmaven: %s\n", err.msg);
+    return 1;
+  }
+  int code = 1;
+  struct fm_vm *vm = boot_vm(FM_VM_EXEC, &err);
+  if (vm) {
+    lua_State *L = vm->L;
+    lua_pushcfunction(L, l_diagnose_step);
+    lua_createtable(L, argc - 2, 2);
+    for (int i = 2; i < argc; i++) {
+      lua_pushstring(L, argv[i]);
+      lua_rawseti(L, -2, i - 1);
+    }
+    lua_pushboolean(L, isatty(STDOUT_FILENO));
+    lua_setfield(L, -2, "tty");
+    lua_pushcfunction(L, l_diagnose_file_kind);
+    lua_setfield(L, -2, "file_kind");
+    if (!fm_vm_pcall(vm, 1, 1, &err)) code = (int)lua_tointeger(L, -1);
+    fm_vm_free(vm);
+  }
+  if (err.msg[0]) {
+    char *tb = strstr(err.msg, "\nstack traceback:");
+    if (tb) *tb = '\0';
+    fprintf(stderr, "faultmaven: diagnose: %s\n", err.msg);
+    code = 1;
+  }
+  fflush(stdout);
+  fm_db_global_close();
+  fm_kv_global_close();
+  fm_storage_global_close();
+  fm_kv_scripts_reset();
+  fm_httpc_global_cleanup();
+  return code;
+}
+
 /* repl and reload: the admin socket comes from --socket, else from the same settings serve
  * resolves (FM_HOME/config.lua over the environment and the flags). */
 static int cmd_admin_client(int argc, char **argv, int reload) {
@@ -745,6 +829,7 @@ int main(int argc, char **argv) {
   if (!strcmp(cmd, "exec")) return cmd_exec(argc, argv);
   if (!strcmp(cmd, "migrate")) return cmd_migrate(argc, argv);
   if (!strcmp(cmd, "kb")) return cmd_kb(argc, argv);
+  if (!strcmp(cmd, "diagnose")) return cmd_diagnose(argc, argv);
   if (!strcmp(cmd, "check-config")) {
     if (parse_flags(argc, argv, 2)) return 2;
     return cmd_check_config();

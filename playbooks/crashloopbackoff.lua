@@ -97,7 +97,9 @@ end
 local function diagnose(f)
   local ex = f.exit
   if f.oom > 0 then
-    return "crashloop_oom", 0.8, "The container is OOMKilled (exit code 137) on every run: its "
+    -- the oom-killed playbook is the specialist for why memory ran out: a loop of OOM kills
+    -- ranks below its conclusions (it concludes at 0.7 and above)
+    return "crashloop_oom", 0.65, "The container is OOMKilled (exit code 137) on every run: its "
       .. "memory limit is below what it needs, so the kubelet restarts it in a loop"
   end
   if f.exec > 0 or ex == 126 or ex == 127 or ex == 128 then
