@@ -644,63 +644,6 @@ static int cmd_migrate(int argc, char **argv) {
   return code;
 }
 
-/* faultmaven kb export FILE | import FILE | reindex: fm.kb.cli.main{args..., tty} in an EXEC VM
- * with the settings serve would use; tty says whether stderr shows a progress bar. */
-static int l_kb_step(lua_State *L) {
-  lua_getglobal(L, "require");
-  lua_pushliteral(L, "fm.kb.cli");
-  lua_call(L, 1, 1);
-  lua_getfield(L, -1, "main");
-  lua_pushvalue(L, 1);
-  lua_call(L, 1, 1);
-  return 1;
-}
-
-static int cmd_kb(int argc, char **argv) {
-  struct fm_err err = {0};
-  if (argc < 3) {
-    fputs("usage: faultmaven kb export FILE | import FILE | reindex\n", stderr);
-    return 2;
-  }
-  if (resolve_home(&err)) {
-    fprintf(stderr, "faultmaven: %s\n", err.msg);
-    return 2;
-  }
-  int lv = fm_log_parse_level(getenv("LOG_LEVEL"));
-  fm_log_set_level(lv >= 0 ? lv : FM_LOG_WARN);
-  if (fm_httpc_global_init(&err)) {
-    fprintf(stderr, "faultmaven: %s\n", err.msg);
-    return 1;
-  }
-  int code = 1;
-  struct fm_vm *vm = boot_vm(FM_VM_EXEC, &err);
-  if (vm) {
-    lua_State *L = vm->L;
-    lua_pushcfunction(L, l_kb_step);
-    lua_createtable(L, argc - 2, 1);
-    for (int i = 2; i < argc; i++) {
-      lua_pushstring(L, argv[i]);
-      lua_rawseti(L, -2, i - 1);
-    }
-    lua_pushboolean(L, isatty(STDERR_FILENO));
-    lua_setfield(L, -2, "tty");
-    if (!fm_vm_pcall(vm, 1, 1, &err)) code = (int)lua_tointeger(L, -1);
-    fm_vm_free(vm);
-  }
-  if (err.msg[0]) {
-    char *tb = strstr(err.msg, "\nstack traceback:");
-    if (tb) *tb = '\0';
-    fprintf(stderr, "faultmaven: kb: %s\n", err.msg);
-    code = 1;
-  }
-  fm_db_global_close();
-  fm_kv_global_close();
-  fm_storage_global_close();
-  fm_kv_scripts_reset();
-  fm_httpc_global_cleanup();
-  return code;
-}
-
 /* diagnose's file check, for Lua: file_kind(path) -> "file" | "directory" | "fifo" | "socket" |
  * "char" | "block" | "other", or nil, message. stat() only: a FIFO is never opened (that would
  * block until a writer came). */
@@ -723,12 +666,10 @@ static int l_diagnose_file_kind(lua_State *L) {
   return 1;
 }
 
-/* faultmaven diagnose FILE... : fm.agent.diagnose.main{args..., tty, file_kind} in an EXEC VM
- * with the settings serve would use; returns its exit code (0 report, 1 unreadable file or
- * failure, 2 usage). */
-static int l_diagnose_step(lua_State *L) {
+/* The Lua half of a CLI command: require(<upvalue 1>).main(args), args the table at 1. */
+static int l_cli_step(lua_State *L) {
   lua_getglobal(L, "require");
-  lua_pushliteral(L, "fm.agent.diagnose");
+  lua_pushvalue(L, lua_upvalueindex(1));
   lua_call(L, 1, 1);
   lua_getfield(L, -1, "main");
   lua_pushvalue(L, 1);
@@ -736,15 +677,18 @@ static int l_diagnose_step(lua_State *L) {
   return 1;
 }
 
-static int cmd_diagnose(int argc, char **argv) {
+/* faultmaven <name> ARGS...: <module>.main{args..., tty, file_kind} in an EXEC VM with the
+ * settings serve would use; returns its exit code. log_level: the default when LOG_LEVEL is
+ * unset; tty_fd: the stream whose terminal-ness `tty` reports. */
+static int run_lua_cli(const char *name, const char *module, int argc, char **argv,
+                       int log_level, int tty_fd) {
   struct fm_err err = {0};
   if (resolve_home(&err)) {
     fprintf(stderr, "faultmaven: %s\n", err.msg);
     return 2;
   }
-  /* a report on stdout, nothing else: warnings (a busy vector index) are in the report */
   int lv = fm_log_parse_level(getenv("LOG_LEVEL"));
-  fm_log_set_level(lv >= 0 ? lv : FM_LOG_ERROR);
+  fm_log_set_level(lv >= 0 ? lv : log_level);
   if (fm_httpc_global_init(&err)) {
     fprintf(stderr, "faultmaven: %s\n", err.msg);
     return 1;
@@ -753,13 +697,14 @@ static int cmd_diagnose(int argc, char **argv) {
   struct fm_vm *vm = boot_vm(FM_VM_EXEC, &err);
   if (vm) {
     lua_State *L = vm->L;
-    lua_pushcfunction(L, l_diagnose_step);
+    lua_pushstring(L, module);
+    lua_pushcclosure(L, l_cli_step, 1);
     lua_createtable(L, argc - 2, 2);
     for (int i = 2; i < argc; i++) {
       lua_pushstring(L, argv[i]);
       lua_rawseti(L, -2, i - 1);
     }
-    lua_pushboolean(L, isatty(STDOUT_FILENO));
+    lua_pushboolean(L, isatty(tty_fd));
     lua_setfield(L, -2, "tty");
     lua_pushcfunction(L, l_diagnose_file_kind);
     lua_setfield(L, -2, "file_kind");
@@ -769,7 +714,7 @@ static int cmd_diagnose(int argc, char **argv) {
   if (err.msg[0]) {
     char *tb = strstr(err.msg, "\nstack traceback:");
     if (tb) *tb = '\0';
-    fprintf(stderr, "faultmaven: diagnose: %s\n", err.msg);
+    fprintf(stderr, "faultmaven: %s: %s\n", name, err.msg);
     code = 1;
   }
   fflush(stdout);
@@ -779,6 +724,23 @@ static int cmd_diagnose(int argc, char **argv) {
   fm_kv_scripts_reset();
   fm_httpc_global_cleanup();
   return code;
+}
+
+/* faultmaven kb export FILE | import FILE | reindex (fm.kb.cli); tty: stderr shows a progress
+ * bar. */
+static int cmd_kb(int argc, char **argv) {
+  if (argc < 3) {
+    fputs("usage: faultmaven kb export FILE | import FILE | reindex\n", stderr);
+    return 2;
+  }
+  return run_lua_cli("kb", "fm.kb.cli", argc, argv, FM_LOG_WARN, STDERR_FILENO);
+}
+
+/* faultmaven diagnose FILE... (fm.agent.diagnose): a report on stdout and nothing else
+ * (warnings such as a busy vector index are in the report); exit 0 report, 1 unreadable file
+ * or failure, 2 usage. */
+static int cmd_diagnose(int argc, char **argv) {
+  return run_lua_cli("diagnose", "fm.agent.diagnose", argc, argv, FM_LOG_ERROR, STDOUT_FILENO);
 }
 
 /* repl and reload: the admin socket comes from --socket, else from the same settings serve
